@@ -1,0 +1,343 @@
+"""The cluster state in Redis: every key name, and the records read from and written to them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+
+import redis.asyncio as aioredis
+
+PREFIX = "clipper:"
+APPS = PREFIX + "apps"
+MODELS = PREFIX + "models"
+EVENTS_CHANNEL = PREFIX + "events"
+REPLICA_PREFIX = PREFIX + "replica:"
+EXPIRED_EVENTS_PATTERN = "__keyevent@*__:expired"
+
+CONTAINERLESS_MODEL_IMAGE = "NO_CONTAINER"
+DEFAULT_POLICY = "DefaultOutputSelectionPolicy"
+
+
+def _app_key(name: str) -> str:
+    return f"{PREFIX}app:{name}"
+
+
+def _links_key(app: str) -> str:
+    return f"{PREFIX}links:{app}"
+
+
+def _model_key(name: str, version: str) -> str:
+    return f"{PREFIX}model:{name}:{version}"
+
+
+def _versions_key(name: str) -> str:
+    return f"{PREFIX}versions:{name}"
+
+
+def _current_key(name: str) -> str:
+    return f"{PREFIX}current:{name}"
+
+
+def _replica_seq_key(name: str, version: str) -> str:
+    return f"{PREFIX}replica_seq:{name}:{version}"
+
+
+def _replica_key(name: str, version: str, replica_id: int) -> str:
+    return f"{REPLICA_PREFIX}{name}:{version}:{replica_id}"
+
+
+@dataclass(frozen=True)
+class AppRecord:
+    name: str
+    input_type: str
+    default_output: str
+    latency_slo_micros: int
+    policy: str = DEFAULT_POLICY
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    version: str
+    input_type: str
+    labels: list[str]
+    container_name: str
+    model_data_path: str
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    model_name: str
+    model_version: str
+    replica_id: int
+    input_type: str
+    address: str
+    pid: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """One consistent read of everything the query frontend routes by."""
+
+    apps: dict[str, AppRecord]
+    links: dict[str, list[str]]
+    models: dict[tuple[str, str], ModelRecord]
+    current_versions: dict[str, str]
+    replicas: list[ReplicaRecord]
+
+
+class Store:
+    """Reads and writes the cluster state; publishes a change event after every write."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
+    async def ping(self) -> bool:
+        return bool(await self._redis.ping())
+
+    async def notify_changed(self, what: str) -> None:
+        await self._redis.publish(EVENTS_CHANNEL, what)
+
+    @asynccontextmanager
+    async def subscribe_changes(self) -> AsyncIterator[aioredis.client.PubSub]:
+        """Yields a pubsub that receives change events and expired replica heartbeats."""
+        try:
+            # Expired heartbeat keys are how a replica that died without saying so leaves routing.
+            await self._redis.config_set("notify-keyspace-events", "Ex")
+        except aioredis.ResponseError:
+            pass  # a managed Redis may forbid CONFIG; the frontend's periodic resync covers it
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(EVENTS_CHANNEL)
+        await pubsub.psubscribe(EXPIRED_EVENTS_PATTERN)
+        try:
+            yield pubsub
+        finally:
+            await pubsub.aclose()
+
+    # Applications
+
+    async def add_app(self, app: AppRecord) -> bool:
+        added = await self._redis.sadd(APPS, app.name)
+        if not added:
+            return False
+        await self._redis.hset(
+            _app_key(app.name),
+            mapping={
+                "input_type": app.input_type,
+                "default_output": app.default_output,
+                "latency_slo_micros": str(app.latency_slo_micros),
+                "policy": app.policy,
+            },
+        )
+        await self.notify_changed("apps")
+        return True
+
+    async def delete_app(self, name: str) -> bool:
+        removed = await self._redis.srem(APPS, name)
+        if not removed:
+            return False
+        await self._redis.delete(_app_key(name), _links_key(name))
+        await self.notify_changed("apps")
+        return True
+
+    async def get_app(self, name: str) -> AppRecord | None:
+        fields = await self._redis.hgetall(_app_key(name))
+        return _app_from_hash(name, fields) if fields else None
+
+    async def list_apps(self) -> list[AppRecord]:
+        names = sorted(await self._redis.smembers(APPS))
+        apps = []
+        for name in names:
+            app = await self.get_app(name)
+            if app is not None:
+                apps.append(app)
+        return apps
+
+    # Links
+
+    async def get_links(self, app: str) -> list[str]:
+        return sorted(await self._redis.smembers(_links_key(app)))
+
+    async def add_link(self, app: str, model: str) -> None:
+        await self._redis.sadd(_links_key(app), model)
+        await self.notify_changed("links")
+
+    async def remove_link(self, app: str, model: str) -> bool:
+        removed = await self._redis.srem(_links_key(app), model)
+        if removed:
+            await self.notify_changed("links")
+        return bool(removed)
+
+    async def apps_linked_to(self, model: str) -> list[str]:
+        return [
+            app
+            for app in sorted(await self._redis.smembers(APPS))
+            if model in await self._redis.smembers(_links_key(app))
+        ]
+
+    # Models
+
+    async def add_model(self, model: ModelRecord) -> bool:
+        """Adds a version and makes it the model's current version; False if it exists."""
+        added = await self._redis.sadd(MODELS, f"{model.name}:{model.version}")
+        if not added:
+            return False
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                _model_key(model.name, model.version),
+                mapping={
+                    "model_name": model.name,
+                    "model_version": model.version,
+                    "input_type": model.input_type,
+                    "labels": json.dumps(model.labels),
+                    "container_name": model.container_name,
+                    "model_data_path": model.model_data_path,
+                    "batch_size": str(model.batch_size),
+                },
+            )
+            pipe.sadd(_versions_key(model.name), model.version)
+            pipe.set(_current_key(model.name), model.version)
+            await pipe.execute()
+        await self.notify_changed("models")
+        return True
+
+    async def get_model(self, name: str, version: str) -> ModelRecord | None:
+        fields = await self._redis.hgetall(_model_key(name, version))
+        return _model_from_hash(fields) if fields else None
+
+    async def list_models(self) -> list[ModelRecord]:
+        ids = sorted(await self._redis.smembers(MODELS))
+        models = []
+        for model_id in ids:
+            name, _, version = model_id.partition(":")
+            model = await self.get_model(name, version)
+            if model is not None:
+                models.append(model)
+        return models
+
+    async def model_versions(self, name: str) -> list[str]:
+        return sorted(await self._redis.smembers(_versions_key(name)))
+
+    async def model_exists(self, name: str) -> bool:
+        return bool(await self._redis.scard(_versions_key(name)))
+
+    async def get_current_version(self, name: str) -> str | None:
+        version: str | None = await self._redis.get(_current_key(name))
+        return version
+
+    async def set_current_version(self, name: str, version: str) -> None:
+        await self._redis.set(_current_key(name), version)
+        await self.notify_changed("models")
+
+    async def delete_model_version(self, name: str, version: str) -> bool:
+        removed = await self._redis.srem(MODELS, f"{name}:{version}")
+        if not removed:
+            return False
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_model_key(name, version))
+            pipe.srem(_versions_key(name), version)
+            await pipe.execute()
+        if await self.get_current_version(name) == version:
+            await self._redis.delete(_current_key(name))
+        await self.notify_changed("models")
+        return True
+
+    # Replicas
+
+    async def register_replica(
+        self,
+        model_name: str,
+        model_version: str,
+        input_type: str,
+        address: str,
+        pid: int,
+        ttl_s: float,
+    ) -> ReplicaRecord:
+        replica_id = int(await self._redis.incr(_replica_seq_key(model_name, model_version))) - 1
+        replica = ReplicaRecord(model_name, model_version, replica_id, input_type, address, pid)
+        await self.refresh_replica(replica, ttl_s)
+        await self.notify_changed("replicas")
+        return replica
+
+    async def refresh_replica(self, replica: ReplicaRecord, ttl_s: float) -> None:
+        key = _replica_key(replica.model_name, replica.model_version, replica.replica_id)
+        data = {k: str(v) for k, v in asdict(replica).items()}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=data)
+            pipe.pexpire(key, int(ttl_s * 1000))
+            await pipe.execute()
+
+    async def deregister_replica(self, replica: ReplicaRecord) -> None:
+        await self._redis.delete(
+            _replica_key(replica.model_name, replica.model_version, replica.replica_id)
+        )
+        await self.notify_changed("replicas")
+
+    async def list_replicas(self) -> list[ReplicaRecord]:
+        keys = [key async for key in self._redis.scan_iter(match=REPLICA_PREFIX + "*", count=500)]
+        replicas = []
+        for key in sorted(keys):
+            fields = await self._redis.hgetall(key)
+            if fields:
+                replicas.append(_replica_from_hash(fields))
+        return sorted(replicas, key=lambda r: (r.model_name, r.model_version, r.replica_id))
+
+    async def get_replica(self, name: str, version: str, replica_id: int) -> ReplicaRecord | None:
+        fields = await self._redis.hgetall(_replica_key(name, version, replica_id))
+        return _replica_from_hash(fields) if fields else None
+
+    # Everything at once, for the query frontend
+
+    async def read_cluster_state(self) -> ClusterState:
+        apps = {app.name: app for app in await self.list_apps()}
+        links = {name: await self.get_links(name) for name in apps}
+        models = {(m.name, m.version): m for m in await self.list_models()}
+        current: dict[str, str] = {}
+        for name in {name for name, _ in models}:
+            version = await self.get_current_version(name)
+            if version is not None:
+                current[name] = version
+        return ClusterState(apps, links, models, current, await self.list_replicas())
+
+
+def _app_from_hash(name: str, fields: dict[str, str]) -> AppRecord:
+    return AppRecord(
+        name=name,
+        input_type=fields["input_type"],
+        default_output=fields["default_output"],
+        latency_slo_micros=int(fields["latency_slo_micros"]),
+        policy=fields.get("policy", DEFAULT_POLICY),
+    )
+
+
+def _model_from_hash(fields: dict[str, str]) -> ModelRecord:
+    return ModelRecord(
+        name=fields["model_name"],
+        version=fields["model_version"],
+        input_type=fields["input_type"],
+        labels=list(json.loads(fields["labels"])),
+        container_name=fields["container_name"],
+        model_data_path=fields["model_data_path"],
+        batch_size=int(fields["batch_size"]),
+    )
+
+
+def _replica_from_hash(fields: dict[str, str]) -> ReplicaRecord:
+    return ReplicaRecord(
+        model_name=fields["model_name"],
+        model_version=fields["model_version"],
+        replica_id=int(fields["replica_id"]),
+        input_type=fields["input_type"],
+        address=fields["address"],
+        pid=int(fields["pid"]),
+        started_at=float(fields["started_at"]),
+    )

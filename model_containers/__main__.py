@@ -1,0 +1,75 @@
+"""Runs one model replica: load the model, serve it over gRPC, register, stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from management.input_types import parse_input_type
+from management.store import Store
+
+from model_containers.loading import create_model
+from model_containers.model import ModelLoadError
+from model_containers.registration import ReplicaRegistration
+from model_containers.server import ModelServicer, ReplicaServer
+from model_containers.settings import ReplicaSettings
+
+logger = logging.getLogger("model_containers")
+
+EXIT_LOAD_FAILED = 3
+
+
+async def serve(settings: ReplicaSettings) -> None:
+    input_type = parse_input_type(settings.input_type)
+    model = create_model(Path(settings.model_path))
+    await asyncio.get_running_loop().run_in_executor(None, model.load)
+    servicer = ModelServicer(model, settings.model_name, settings.model_version, input_type)
+    server = ReplicaServer(servicer, settings.host, settings.port)
+    port = await server.start()
+    logger.info("serving %s:%s on port %d", settings.model_name, settings.model_version, port)
+
+    redis = aioredis.Redis(host=settings.redis_ip, port=settings.redis_port, decode_responses=True)
+    registration = ReplicaRegistration(
+        Store(redis),
+        settings.model_name,
+        settings.model_version,
+        input_type.canonical_name,
+        f"{settings.advertise_host}:{port}",
+        os.getpid(),
+        settings.heartbeat_interval_s,
+        settings.heartbeat_ttl_s,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with registration:
+        if settings.ready_fd is not None:
+            os.write(settings.ready_fd, f"ready {port}\n".encode())
+            os.close(settings.ready_fd)
+        await stop.wait()
+        logger.info("stopping: leaving routing, then finishing in-flight work")
+    await server.stop(settings.shutdown_grace_s)
+    await redis.aclose()
+
+
+def main() -> None:
+    settings = ReplicaSettings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(settings))
+    except ModelLoadError as e:
+        logger.error("model failed to load: %s", e)
+        print(f"model failed to load: {e}", file=sys.stderr)
+        sys.exit(EXIT_LOAD_FAILED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The wire form of a batch turned into what predict() receives, and outputs back to the wire."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from clipper_protos import model_pb2
+from management.input_types import InputType
+
+from model_containers.model import ItemError
+
+
+class BatchContractError(Exception):
+    """The model's answer breaks the predict contract; the whole batch fails with this message."""
+
+
+def decode_batch(input_type: InputType, items: Sequence[bytes]) -> np.ndarray[Any, Any]:
+    """Equal-length numeric inputs stack into a 2-D array (n, d); others form a 1-D object array.
+
+    Strings arrive as Python bytes objects and bytes inputs as int8 arrays, as Clipper's
+    containers passed them, so existing predict functions keep working.
+    """
+    if input_type is InputType.STRINGS:
+        strings = np.empty(len(items), dtype=object)
+        strings[:] = list(items)
+        return strings
+    dtype = input_type.numpy_dtype
+    arrays = [np.frombuffer(item, dtype=dtype) for item in items]
+    if arrays and all(len(a) == len(arrays[0]) for a in arrays):
+        return np.stack(arrays)
+    ragged = np.empty(len(arrays), dtype=object)
+    ragged[:] = arrays
+    return ragged
+
+
+def encode_outputs(outputs: Any, expected: int) -> model_pb2.PredictResponse:
+    """str() of each output; an ItemError becomes a per-input error."""
+    if isinstance(outputs, (str, bytes)) or not hasattr(outputs, "__len__"):
+        raise BatchContractError(
+            f"Model must return a list with one output per input; it returned "
+            f"{type(outputs).__name__}"
+        )
+    if len(outputs) != expected:
+        raise BatchContractError(
+            f"Expected model to return {expected} outputs, found {len(outputs)} outputs"
+        )
+    response = model_pb2.PredictResponse()
+    for output in outputs:
+        if isinstance(output, ItemError):
+            response.outputs.add(error=output.message)
+        else:
+            response.outputs.add(value=output if isinstance(output, str) else str(output))
+    return response

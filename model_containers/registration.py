@@ -1,0 +1,77 @@
+"""Makes a replica known through Redis with a heartbeat, and removes it when the replica stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+
+import redis.asyncio as aioredis
+from management.store import ReplicaRecord, Store
+
+logger = logging.getLogger(__name__)
+
+
+class ReplicaRegistration:
+    """While entered, the replica's record is refreshed every interval and expires ttl after a stop.
+
+    A replica that dies without leaving therefore drops out of routing within ttl_s.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        model_name: str,
+        model_version: str,
+        input_type: str,
+        address: str,
+        pid: int,
+        heartbeat_interval_s: float,
+        ttl_s: float,
+    ) -> None:
+        self._store = store
+        self._args = (model_name, model_version, input_type, address, pid)
+        self._interval_s = heartbeat_interval_s
+        self._ttl_s = ttl_s
+        self._stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.replica: ReplicaRecord | None = None
+
+    async def __aenter__(self) -> ReplicaRecord:
+        self.replica = await self._store.register_replica(*self._args, ttl_s=self._ttl_s)
+        logger.info(
+            "registered as replica %d of %s:%s at %s",
+            self.replica.replica_id,
+            self.replica.model_name,
+            self.replica.model_version,
+            self.replica.address,
+        )
+        self._task = asyncio.create_task(self._heartbeat(self.replica))
+        return self.replica
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stopped.set()
+        if self._task is not None:
+            await self._task
+        if self.replica is not None:
+            try:
+                await self._store.deregister_replica(self.replica)
+            except aioredis.RedisError as e:
+                logger.warning("could not deregister (the record expires by itself): %s", e)
+
+    async def _heartbeat(self, replica: ReplicaRecord) -> None:
+        while not self._stopped.is_set():
+            try:
+                await asyncio.wait_for(self._stopped.wait(), self._interval_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self._store.refresh_replica(replica, self._ttl_s)
+            except aioredis.RedisError as e:
+                logger.warning("heartbeat to Redis failed, retrying: %s", e)

@@ -1,0 +1,24 @@
+"""A replica's settings, from Clipper's CLIPPER_* environment variables."""
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ReplicaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIPPER_")
+
+    model_name: str
+    model_version: str
+    input_type: str
+    model_path: str = "/model"
+    host: str = "0.0.0.0"
+    port: int = 7000
+    # The address frontends dial; on one host or with host networking, loopback.
+    advertise_host: str = "127.0.0.1"
+    redis_ip: str = "localhost"
+    redis_port: int = 6379
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = 3.0
+    shutdown_grace_s: float = 10.0
+    # A pipe the parent passed: "ready <port>" is written to it once the replica serves.
+    ready_fd: int | None = None
+    log_level: str = "INFO"

@@ -1,0 +1,1 @@
+"""Generated gRPC code for the frontend-to-replica RPC (see protos/model.proto)."""

@@ -1,0 +1,132 @@
+"""Predict requests from JSON into wire-ready inputs, and model outputs back into JSON values."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from management.input_types import InputType
+
+from query_frontend.errors import JSON_ERROR, QueryError
+
+_SCHEMA_TEXT = (
+    'Expected JSON schema: \n  {\n   "input" := [double] | [int] | [string] | [byte] | '
+    "[float],\n  }\n"
+)
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_JSON_TYPE_NAMES = {
+    str: "String",
+    int: "Number",
+    float: "Number",
+    bool: "Bool",
+    list: "Array",
+    dict: "Object",
+    type(None): "Null",
+}
+
+
+@dataclass(slots=True)
+class PredictRequest:
+    inputs: list[bytes]
+    version: str | None
+    is_batch: bool
+
+
+def json_error(detail: str) -> QueryError:
+    return QueryError(JSON_ERROR, f"Error parsing JSON: {detail}. {_SCHEMA_TEXT}")
+
+
+def parse_predict_request(body: bytes, input_type: InputType) -> PredictRequest:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise json_error(f"JSON parse error: {e}") from None
+    if not isinstance(doc, dict):
+        raise json_error(f"the request must be a JSON object, found type {_json_type(doc)}")
+    version = doc.get("version")
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, (str, int)):
+            raise json_error(
+                f"Type mismatch! JSON key version expected type String but found type "
+                f"{_json_type(version)}"
+            )
+        version = str(version)
+    if "input" in doc:
+        return PredictRequest([encode_input(doc["input"], input_type, "input")], version, False)
+    if "input_batch" in doc:
+        batch = doc["input_batch"]
+        if not isinstance(batch, list):
+            raise json_error(
+                f"Type mismatch! JSON key input_batch expected type Array but found type "
+                f"{_json_type(batch)}"
+            )
+        inputs = [
+            encode_input(item, input_type, f"input_batch[{i}]") for i, item in enumerate(batch)
+        ]
+        return PredictRequest(inputs, version, True)
+    raise json_error("JSON object does not have required keys input or input_batch")
+
+
+def encode_input(value: Any, input_type: InputType, where: str) -> bytes:
+    """One input in its wire form: raw little-endian numbers, UTF-8 text, or decoded bytes."""
+    if input_type is InputType.STRINGS:
+        if not isinstance(value, str):
+            raise _mismatch(where, "String", value)
+        return value.encode()
+    if input_type is InputType.BYTES:
+        if not isinstance(value, str):
+            raise _mismatch(where, "String (base64)", value)
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise json_error(f"JSON key {where} is not valid base64: {e}") from None
+    if not isinstance(value, list):
+        raise _mismatch(where, "Array", value)
+    if input_type is InputType.INTEGERS:
+        for v in value:
+            if type(v) is not int:
+                raise json_error(
+                    f"Array input of type {_json_type(v)} is not of type integer in {where}"
+                )
+        array = np.array(value, dtype=np.int64)
+        if array.size and (array.min() < _INT32_MIN or array.max() > _INT32_MAX):
+            raise json_error(f"Array input in {where} does not fit 32-bit integers")
+        return array.astype("<i4").tobytes()
+    for v in value:
+        kind = type(v)
+        if kind is not float and kind is not int:
+            name = "float" if input_type is InputType.FLOATS else "double"
+            raise json_error(
+                f"Array input of type {_json_type(v)} is not of type {name} in {where}"
+            )
+    if input_type is InputType.FLOATS:
+        array = np.array(value, dtype=np.float64)
+        if array.size and np.abs(array).max() > _FLOAT32_MAX:
+            raise json_error(f"Array input in {where} does not fit 32-bit floats")
+        return array.astype("<f4").tobytes()
+    return np.array(value, dtype="<f8").tobytes()
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _mismatch(where: str, expected: str, value: Any) -> QueryError:
+    # Clipper's wording, with the space it was missing.
+    return json_error(
+        f"Type mismatch! JSON key {where} expected type {expected} "
+        f"but found type {_json_type(value)}"
+    )
+
+
+def output_value(output: str) -> Any:
+    """The model's string output, embedded as JSON when it parses as JSON."""
+    try:
+        return orjson.loads(output)
+    except orjson.JSONDecodeError:
+        return output

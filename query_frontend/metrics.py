@@ -1,0 +1,149 @@
+"""The frontend's metrics registry, reported in Clipper's GET /metrics JSON shape."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Any
+
+_RESERVOIR_SIZE = 4096
+_METER_TICK_S = 5.0
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def increment(self, n: int = 1) -> None:
+        self.count += n
+
+    def report(self) -> dict[str, str]:
+        return {"count": str(self.count)}
+
+
+class RatioCounter:
+    def __init__(self) -> None:
+        self.numerator = 0
+        self.denominator = 0
+
+    def increment(self, numerator: int, denominator: int) -> None:
+        self.numerator += numerator
+        self.denominator += denominator
+
+    def report(self) -> dict[str, str]:
+        if self.denominator == 0:
+            return {"ratio": "nan"}
+        return {"ratio": str(self.numerator / self.denominator)}
+
+
+class Meter:
+    """Events per second: the mean rate and 1, 5 and 15 minute exponentially weighted rates."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+        self._last_tick = self._start
+        self._count = 0
+        self._uncounted = 0
+        self._rates = {60.0: 0.0, 300.0: 0.0, 900.0: 0.0}
+        self._initialized = False
+
+    def mark(self, n: int = 1) -> None:
+        self._count += n
+        self._uncounted += n
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        while now - self._last_tick >= _METER_TICK_S:
+            instant = self._uncounted / _METER_TICK_S
+            self._uncounted = 0
+            for window in self._rates:
+                if not self._initialized:
+                    self._rates[window] = instant
+                else:
+                    alpha = 1 - math.exp(-_METER_TICK_S / window)
+                    self._rates[window] += alpha * (instant - self._rates[window])
+            self._initialized = True
+            self._last_tick += _METER_TICK_S
+
+    def report(self) -> dict[str, str]:
+        self._tick()
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        return {
+            "unit": "events per second",
+            "rate": str(self._count / elapsed),
+            "rate_1min": str(self._rates[60.0]),
+            "rate_5min": str(self._rates[300.0]),
+            "rate_15min": str(self._rates[900.0]),
+        }
+
+
+class Histogram:
+    """Summary statistics over the most recent samples."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self._samples: deque[float] = deque(maxlen=_RESERVOIR_SIZE)
+
+    def insert(self, value: float) -> None:
+        self._samples.append(value)
+
+    def report(self) -> dict[str, str]:
+        values = sorted(self._samples)
+        n = len(values)
+        if n == 0:
+            stats = dict.fromkeys(("min", "max", "mean", "std_dev", "p50", "p95", "p99"), 0.0)
+        else:
+            mean = sum(values) / n
+            stats = {
+                "min": values[0],
+                "max": values[-1],
+                "mean": mean,
+                "std_dev": math.sqrt(sum((v - mean) ** 2 for v in values) / n),
+                "p50": _percentile(values, 0.50),
+                "p95": _percentile(values, 0.95),
+                "p99": _percentile(values, 0.99),
+            }
+        return {"unit": self.unit, "size": str(n), **{k: str(v) for k, v in stats.items()}}
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+class MetricsRegistry:
+    """Named metrics, created on first use; one registry per frontend, passed to what records."""
+
+    def __init__(self) -> None:
+        self._counters: dict[str, Counter] = {}
+        self._ratios: dict[str, RatioCounter] = {}
+        self._meters: dict[str, Meter] = {}
+        self._histograms: dict[str, Histogram] = {}
+
+    def counter(self, name: str) -> Counter:
+        if name not in self._counters:
+            self._counters[name] = Counter()
+        return self._counters[name]
+
+    def ratio(self, name: str) -> RatioCounter:
+        if name not in self._ratios:
+            self._ratios[name] = RatioCounter()
+        return self._ratios[name]
+
+    def meter(self, name: str) -> Meter:
+        if name not in self._meters:
+            self._meters[name] = Meter()
+        return self._meters[name]
+
+    def histogram(self, name: str, unit: str = "microseconds") -> Histogram:
+        if name not in self._histograms:
+            self._histograms[name] = Histogram(unit)
+        return self._histograms[name]
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "counters": [{k: v.report()} for k, v in self._counters.items()],
+            "ratio_counters": [{k: v.report()} for k, v in self._ratios.items()],
+            "meters": [{k: v.report()} for k, v in self._meters.items()],
+            "histograms": [{k: v.report()} for k, v in self._histograms.items()],
+        }

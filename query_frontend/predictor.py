@@ -1,0 +1,164 @@
+"""Answers predict requests: route to a model version, use the cache, queue, and apply the SLO."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from management.input_types import parse_input_type
+
+from query_frontend.batching import BatchStats, QueryExpired, QueryFailed
+from query_frontend.cache import PredictionCache
+from query_frontend.codec import PredictRequest, output_value, parse_predict_request
+from query_frontend.errors import NOT_FOUND, QUERY_PROCESSING_ERROR, QueryError
+from query_frontend.metrics import MetricsRegistry
+from query_frontend.routing import Router
+
+NO_MODELS_EXPLANATION = "No connected models found for query"
+SLO_EXPLANATION = "Failed to retrieve a prediction response within the specified latency SLO"
+
+
+@dataclass(slots=True)
+class Prediction:
+    query_id: int
+    output: Any
+    default: bool
+    default_explanation: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "query_id": self.query_id,
+            "output": self.output,
+            "default": self.default,
+        }
+        if self.default_explanation is not None:
+            doc["default_explanation"] = self.default_explanation
+        return doc
+
+
+class Predictor:
+    def __init__(self, router: Router, cache: PredictionCache, metrics: MetricsRegistry) -> None:
+        self._router = router
+        self._cache = cache
+        self._metrics = metrics
+        self._query_ids = itertools.count()
+
+    def known_app(self, app_name: str) -> bool:
+        return self._router.app(app_name) is not None
+
+    async def predict(self, app_name: str, body: bytes) -> tuple[PredictRequest, list[Prediction]]:
+        started = time.monotonic()
+        app = self._router.app(app_name)
+        if app is None:
+            raise QueryError(NOT_FOUND, f"No application named '{app_name}' exists", status=404)
+        request = parse_predict_request(body, parse_input_type(app.input_type))
+        model_id = self._resolve(app_name, request.version)
+        ids = [next(self._query_ids) for _ in request.inputs]
+        default = output_value(app.default_output)
+        if model_id is None:
+            predictions = [Prediction(i, default, True, NO_MODELS_EXPLANATION) for i in ids]
+            self._record(app_name, None, predictions, started)
+            return request, predictions
+
+        name, version = model_id
+        futures: list[asyncio.Future[str] | None] = []
+        deadline = started + app.latency_slo_micros / 1e6
+        queue = self._router.queue(name, version)
+        hits = 0
+        for item in request.inputs:
+            key = (name, version, item)
+            future = self._cache.lookup(key)
+            if future is not None and future.done():
+                hits += 1
+            if future is None and queue is not None:
+                future = self._cache.start(key)
+                queue.put(item, deadline, future)
+            futures.append(future)
+        self._metrics.ratio(f"model:{name}:{version}:cache_hit_ratio").increment(
+            hits, len(request.inputs)
+        )
+        pending = [f for f in futures if f is not None and not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+
+        predictions = []
+        for query_id, future in zip(ids, futures, strict=True):
+            predictions.append(self._settle(query_id, future, default))
+        self._record(app_name, model_id, predictions, started)
+        return request, predictions
+
+    def _resolve(self, app_name: str, version: str | None) -> tuple[str, str] | None:
+        model = self._router.linked_model(app_name)
+        if version is not None:
+            if model is None:
+                raise QueryError(
+                    QUERY_PROCESSING_ERROR,
+                    f"No model is linked to application {app_name}, so version {version} "
+                    "cannot be selected",
+                )
+            if self._router.model(model, version) is None:
+                raise QueryError(
+                    QUERY_PROCESSING_ERROR,
+                    f"Requested version: {version} does not exist for model: {model}",
+                )
+            return model, version
+        if model is None:
+            return None
+        current = self._router.current_version(model)
+        return (model, current) if current is not None else None
+
+    @staticmethod
+    def _settle(query_id: int, future: asyncio.Future[str] | None, default: Any) -> Prediction:
+        if future is None:
+            return Prediction(query_id, default, True, NO_MODELS_EXPLANATION)
+        if not future.done():
+            return Prediction(query_id, default, True, SLO_EXPLANATION)
+        error = future.exception()
+        if error is None:
+            return Prediction(query_id, output_value(future.result()), False)
+        if isinstance(error, QueryExpired):
+            return Prediction(query_id, default, True, SLO_EXPLANATION)
+        if isinstance(error, QueryFailed):
+            return Prediction(query_id, default, True, f"Model failed to predict: {error}")
+        return Prediction(query_id, default, True, NO_MODELS_EXPLANATION)
+
+    def _record(
+        self,
+        app_name: str,
+        model_id: tuple[str, str] | None,
+        predictions: list[Prediction],
+        started: float,
+    ) -> None:
+        n = len(predictions)
+        defaults = sum(1 for p in predictions if p.default)
+        latency_us = (time.monotonic() - started) * 1e6
+        m = self._metrics
+        m.counter("internal:aggregate_num_predictions").increment(n)
+        m.counter("internal:prediction_cache_lookups").increment(n if model_id else 0)
+        m.counter(f"app:{app_name}:num_predictions").increment(n)
+        m.ratio(f"app:{app_name}:default_prediction_ratio").increment(defaults, n)
+        m.meter(f"app:{app_name}:prediction_throughput").mark(n)
+        m.histogram(f"app:{app_name}:prediction_latency").insert(latency_us)
+        hit_ratio = m.ratio("internal:prediction_cache_hit_ratio")
+        hit_ratio.numerator, hit_ratio.denominator = self._cache.hits, self._cache.lookups
+        if model_id is not None:
+            name, version = model_id
+            m.counter(f"model:{name}:{version}:num_predictions").increment(n - defaults)
+            m.meter(f"model:{name}:{version}:prediction_throughput").mark(n - defaults)
+            m.histogram(f"model:{name}:{version}:prediction_latency").insert(latency_us)
+
+
+def record_batch(
+    metrics: MetricsRegistry, model_name: str, model_version: str, stats: BatchStats
+) -> None:
+    """Batch metrics, reported by replica workers after each batch."""
+    metrics.meter("internal:aggregate_model_throughput").mark(stats.batch_size)
+    metrics.histogram(f"model:{model_name}:{model_version}:batch_size", "queries").insert(
+        stats.batch_size
+    )
+    metrics.histogram(f"model:{model_name}:{model_version}:batch_latency").insert(
+        stats.latency_s * 1e6
+    )

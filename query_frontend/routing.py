@@ -1,0 +1,172 @@
+"""The frontend's live view of the cluster: apps, links, versions, and a worker per replica."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from management.input_types import parse_input_type
+from management.store import AppRecord, ClusterState, ModelRecord, ReplicaRecord, Store
+
+from query_frontend.batching import (
+    BatchObserver,
+    BatchSizer,
+    ModelQueue,
+    NoReplicas,
+    ReplicaClient,
+    ReplicaWorker,
+)
+
+logger = logging.getLogger(__name__)
+
+ModelId = tuple[str, str]
+
+
+def _replica_key(replica: ReplicaRecord) -> str:
+    return f"{replica.model_name}:{replica.model_version}:{replica.replica_id}@{replica.address}"
+
+
+class Router:
+    """Applies each new cluster state: queues per model version, workers per replica."""
+
+    def __init__(self, on_batch: BatchObserver, max_adaptive_batch_size: int) -> None:
+        self._on_batch = on_batch
+        self._max_adaptive_batch_size = max_adaptive_batch_size
+        self.state = ClusterState({}, {}, {}, {}, [])
+        self._queues: dict[ModelId, ModelQueue] = {}
+        self._workers: dict[str, tuple[ModelId, ReplicaWorker]] = {}
+        # Replicas this frontend found dead; ignored until Redis no longer lists them.
+        self._gone: set[str] = set()
+
+    def app(self, name: str) -> AppRecord | None:
+        return self.state.apps.get(name)
+
+    def linked_model(self, app: str) -> str | None:
+        links = self.state.links.get(app)
+        return links[0] if links else None
+
+    def current_version(self, model: str) -> str | None:
+        return self.state.current_versions.get(model)
+
+    def model(self, name: str, version: str) -> ModelRecord | None:
+        return self.state.models.get((name, version))
+
+    def queue(self, name: str, version: str) -> ModelQueue | None:
+        """The queue of a version that has at least one live replica, else None."""
+        return self._queues.get((name, version))
+
+    def num_replicas(self, name: str, version: str) -> int:
+        return sum(1 for model_id, _ in self._workers.values() if model_id == (name, version))
+
+    def apply(self, state: ClusterState) -> None:
+        self.state = state
+        listed = {_replica_key(r): r for r in state.replicas}
+        self._gone &= listed.keys()
+        wanted = {k: r for k, r in listed.items() if k not in self._gone}
+        for key in list(self._workers):
+            if key not in wanted:
+                self._remove_worker(key)
+        for key, replica in wanted.items():
+            if key not in self._workers:
+                self._add_worker(key, replica)
+        for model_id, queue in self._queues.items():
+            model = state.models.get(model_id)
+            if model is not None and model.batch_size != queue.batch_size:
+                queue.batch_size = model.batch_size
+                for worker_model, worker in self._workers.values():
+                    if worker_model == model_id:
+                        worker.sizer = self._sizer(model.batch_size)
+
+    def _sizer(self, batch_size: int) -> BatchSizer:
+        return BatchSizer(batch_size, self._max_adaptive_batch_size)
+
+    def _add_worker(self, key: str, replica: ReplicaRecord) -> None:
+        model_id = (replica.model_name, replica.model_version)
+        queue = self._queues.get(model_id)
+        if queue is None:
+            try:
+                input_type = parse_input_type(replica.input_type)
+            except ValueError:
+                logger.error("replica %s has an unknown input type %r", key, replica.input_type)
+                return
+            queue = self._queues[model_id] = ModelQueue(*model_id, input_type)
+        model = self.state.models.get(model_id)
+        batch_size = model.batch_size if model else -1
+        queue.batch_size = batch_size
+        worker = ReplicaWorker(
+            key,
+            queue,
+            ReplicaClient(replica.address),
+            self._sizer(batch_size),
+            self._on_batch,
+            self.replica_gone,
+        )
+        self._workers[key] = (model_id, worker)
+        worker.start()
+        logger.info("replica %s joined", key)
+
+    def _remove_worker(self, key: str) -> None:
+        model_id, worker = self._workers.pop(key)
+        asyncio.get_running_loop().create_task(worker.stop())
+        logger.info("replica %s left", key)
+        if self.num_replicas(*model_id) == 0:
+            queue = self._queues.pop(model_id)
+            queue.fail_all(NoReplicas())
+
+    def replica_gone(self, key: str) -> None:
+        """A worker found its replica unreachable: stop routing to it now, not at its TTL."""
+        if key in self._workers:
+            self._gone.add(key)
+            self._remove_worker(key)
+
+    async def close(self) -> None:
+        for key in list(self._workers):
+            _, worker = self._workers.pop(key)
+            await worker.stop()
+
+
+class ClusterWatcher:
+    """Keeps the router current: a full read at start, then one on every change event.
+
+    Redis pub/sub delivers the management service's and the replicas' change events, and the
+    expiry of heartbeat keys; a periodic re-read covers anything missed while disconnected.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        apply: Callable[[ClusterState], None],
+        resync_interval_s: float,
+    ) -> None:
+        self._store = store
+        self._apply = apply
+        self._resync_interval_s = resync_interval_s
+        self.synced = asyncio.Event()
+
+    async def refresh(self) -> None:
+        self._apply(await self._store.read_cluster_state())
+        self.synced.set()
+
+    async def run(self) -> None:
+        backoff_s = 0.1
+        while True:
+            try:
+                async with self._store.subscribe_changes() as pubsub:
+                    await self.refresh()
+                    backoff_s = 0.1
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=self._resync_interval_s
+                        )
+                        # Drain a burst of events so that it costs one read.
+                        while message is not None:
+                            message = await pubsub.get_message(
+                                ignore_subscribe_messages=True, timeout=0
+                            )
+                        await self.refresh()
+            except (aioredis.RedisError, OSError) as e:
+                logger.warning("lost Redis (%s); reconnecting in %.1fs", e, backoff_s)
+                await asyncio.sleep(backoff_s)  # a reconnect backoff, not a poll
+                backoff_s = min(backoff_s * 2, 2.0)

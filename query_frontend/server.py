@@ -1,0 +1,126 @@
+"""The query frontend's HTTP layer: routes, the error middleware, and create_app()."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import web
+from management.store import Store
+
+from query_frontend.cache import PredictionCache
+from query_frontend.codec import json_error
+from query_frontend.errors import NOT_FOUND, QueryError
+from query_frontend.metrics import MetricsRegistry
+from query_frontend.predictor import Predictor, record_batch
+from query_frontend.routing import ClusterWatcher, Router
+from query_frontend.settings import FrontendSettings
+
+logger = logging.getLogger(__name__)
+
+PREDICTOR_KEY = web.AppKey("predictor", Predictor)
+METRICS_KEY = web.AppKey("metrics", MetricsRegistry)
+WATCHER_KEY = web.AppKey("watcher", ClusterWatcher)
+
+
+def _json(doc: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except QueryError as e:
+        return _json({"error": e.error, "cause": e.cause}, status=e.status)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _json(
+            {"error": e.reason, "cause": f"{request.method} {request.path}: {e.reason}"},
+            status=e.status,
+        )
+    except Exception:
+        logger.exception("unexpected error in %s %s", request.method, request.path)
+        return _json({"error": "Internal error", "cause": "An unexpected error occurred!"}, 500)
+
+
+async def predict(request: web.Request) -> web.Response:
+    body = await request.read()
+    parsed, predictions = await request.app[PREDICTOR_KEY].predict(request.match_info["app"], body)
+    if parsed.is_batch and len(predictions) != 1:
+        return _json({"batch_predictions": [p.to_json() for p in predictions]})
+    return _json(predictions[0].to_json())
+
+
+async def update(request: web.Request) -> web.Response:
+    """Feedback, accepted and dropped: the default selection policy learns nothing from it."""
+    app = request.match_info["app"]
+    if not request.app[PREDICTOR_KEY].known_app(app):
+        raise QueryError(NOT_FOUND, f"No application named '{app}' exists", status=404)
+    try:
+        doc = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as e:
+        raise json_error(f"JSON parse error: {e}") from None
+    if not isinstance(doc, dict) or not {"uid", "input", "label"} <= doc.keys():
+        raise json_error("JSON object does not have required keys uid, input and label")
+    return web.Response(text="Feedback received? 1", content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return _json(request.app[METRICS_KEY].report())
+
+
+async def health(request: web.Request) -> web.Response:
+    ready = request.app[WATCHER_KEY].synced.is_set()
+    return _json({"ready": ready}, status=200 if ready else 503)
+
+
+def create_app(settings: FrontendSettings) -> web.Application:
+    """Builds the frontend's object graph; Redis and the cluster watcher live in cleanup_ctx."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=256 * 1024 * 1024)
+    registry = MetricsRegistry()
+    cache = PredictionCache(settings.prediction_cache_size_bytes)
+    router = Router(partial(record_batch, registry), settings.max_adaptive_batch_size)
+    predictor = Predictor(router, cache, registry)
+    redis = aioredis.Redis(
+        host=settings.redis_host, port=settings.redis_port, decode_responses=True
+    )
+    watcher = ClusterWatcher(Store(redis), router.apply, settings.resync_interval_s)
+    app[PREDICTOR_KEY] = predictor
+    app[METRICS_KEY] = registry
+    app[WATCHER_KEY] = watcher
+    for name in (
+        "internal:aggregate_num_predictions",
+        "internal:prediction_cache_lookups",
+    ):
+        registry.counter(name)
+    registry.ratio("internal:prediction_cache_hit_ratio")
+    registry.meter("internal:aggregate_model_throughput")
+    registry.histogram("internal:rpc_request_queueing_delay")
+
+    async def cluster_sync(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(watcher.run(), name="cluster-watcher")
+        yield
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        await router.close()
+        await redis.aclose()
+
+    app.cleanup_ctx.append(cluster_sync)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", health)
+    app.router.add_post("/{app}/predict", predict)
+    app.router.add_post("/{app}/predict/", predict)
+    app.router.add_post("/{app}/update", update)
+    app.router.add_post("/{app}/update/", update)
+    return app

@@ -1,0 +1,22 @@
+"""The query frontend's settings, read from CLIPPER_QF_* environment variables."""
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PREDICTION_CACHE_SIZE_BYTES = 33554432
+
+
+class FrontendSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIPPER_QF_")
+
+    host: str = "0.0.0.0"
+    port: int = 1337
+    redis_host: str = "localhost"
+    redis_port: int = 6379
+    prediction_cache_size_bytes: int = DEFAULT_PREDICTION_CACHE_SIZE_BYTES
+    # A full re-read of the cluster state, in case a change event was lost.
+    resync_interval_s: float = 5.0
+    # Largest batch the adaptive sizer may choose when an app registers batch_size -1.
+    max_adaptive_batch_size: int = 256
+    # A pipe the parent passed: "ready <port>" is written to it once the server listens.
+    ready_fd: int | None = None
+    log_level: str = "INFO"
