@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,18 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, router: Router, cache: PredictionCache, metrics: MetricsRegistry) -> None:
+    def __init__(
+        self,
+        router: Router,
+        cache: PredictionCache,
+        metrics: MetricsRegistry,
+        ensure_fresh: Callable[[], Awaitable[None]],
+    ) -> None:
         self._router = router
         self._cache = cache
         self._metrics = metrics
+        # Called on a routing miss: re-reads the cluster state if an admin call changed it.
+        self._ensure_fresh = ensure_fresh
         self._query_ids = itertools.count()
 
     def known_app(self, app_name: str) -> bool:
@@ -53,9 +62,12 @@ class Predictor:
         started = time.monotonic()
         app = self._router.app(app_name)
         if app is None:
+            await self._ensure_fresh()
+            app = self._router.app(app_name)
+        if app is None:
             raise QueryError(NOT_FOUND, f"No application named '{app_name}' exists", status=404)
         request = parse_predict_request(body, parse_input_type(app.input_type))
-        model_id = self._resolve(app_name, request.version)
+        model_id = await self._route(app_name, request.version)
         ids = [next(self._query_ids) for _ in request.inputs]
         default = output_value(app.default_output)
         if model_id is None:
@@ -89,6 +101,17 @@ class Predictor:
             predictions.append(self._settle(query_id, future, default))
         self._record(app_name, model_id, predictions, started)
         return request, predictions
+
+    async def _route(self, app_name: str, version: str | None) -> tuple[str, str] | None:
+        try:
+            model_id = self._resolve(app_name, version)
+            if model_id is not None and self._router.queue(*model_id) is not None:
+                return model_id
+        except QueryError:
+            pass
+        # The state may change while the freshness check awaits Redis: resolve again after it.
+        await self._ensure_fresh()
+        return self._resolve(app_name, version)
 
     def _resolve(self, app_name: str, version: str | None) -> tuple[str, str] | None:
         model = self._router.linked_model(app_name)

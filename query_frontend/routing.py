@@ -34,7 +34,7 @@ class Router:
     def __init__(self, on_batch: BatchObserver, max_adaptive_batch_size: int) -> None:
         self._on_batch = on_batch
         self._max_adaptive_batch_size = max_adaptive_batch_size
-        self.state = ClusterState({}, {}, {}, {}, [])
+        self.state = ClusterState(-1, {}, {}, {}, {}, [])
         self._queues: dict[ModelId, ModelQueue] = {}
         self._workers: dict[str, tuple[ModelId, ReplicaWorker]] = {}
         # Replicas this frontend found dead; ignored until Redis no longer lists them.
@@ -144,10 +144,27 @@ class ClusterWatcher:
         self._apply = apply
         self._resync_interval_s = resync_interval_s
         self.synced = asyncio.Event()
+        self._generation = -1
+        self._refresh_lock = asyncio.Lock()
 
     async def refresh(self) -> None:
-        self._apply(await self._store.read_cluster_state())
+        async with self._refresh_lock:
+            state = await self._store.read_cluster_state()
+            self._generation = state.generation
+            self._apply(state)
         self.synced.set()
+
+    async def ensure_fresh(self) -> None:
+        """Re-reads the state if Redis has changed since it was last read.
+
+        Change events arrive asynchronously, so a query sent right after an admin call could
+        otherwise miss what that call did; one GET on a routing miss closes that window.
+        """
+        try:
+            if await self._store.generation() != self._generation:
+                await self.refresh()
+        except (aioredis.RedisError, OSError) as e:
+            logger.warning("could not check the cluster state: %s", e)
 
     async def run(self) -> None:
         backoff_s = 0.1

@@ -88,11 +88,11 @@ def create_app(settings: FrontendSettings) -> web.Application:
     registry = MetricsRegistry()
     cache = PredictionCache(settings.prediction_cache_size_bytes)
     router = Router(partial(record_batch, registry), settings.max_adaptive_batch_size)
-    predictor = Predictor(router, cache, registry)
     redis = aioredis.Redis(
         host=settings.redis_host, port=settings.redis_port, decode_responses=True
     )
     watcher = ClusterWatcher(Store(redis), router.apply, settings.resync_interval_s)
+    predictor = Predictor(router, cache, registry, watcher.ensure_fresh)
     app[PREDICTOR_KEY] = predictor
     app[METRICS_KEY] = registry
     app[WATCHER_KEY] = watcher

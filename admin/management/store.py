@@ -14,6 +14,8 @@ PREFIX = "clipper:"
 APPS = PREFIX + "apps"
 MODELS = PREFIX + "models"
 EVENTS_CHANNEL = PREFIX + "events"
+# Bumped by every change, so a reader can tell cheaply whether its copy is stale.
+GENERATION = PREFIX + "generation"
 REPLICA_PREFIX = PREFIX + "replica:"
 EXPIRED_EVENTS_PATTERN = "__keyevent@*__:expired"
 
@@ -82,8 +84,9 @@ class ReplicaRecord:
 
 @dataclass(frozen=True)
 class ClusterState:
-    """One consistent read of everything the query frontend routes by."""
+    """One read of everything the query frontend routes by, at least as new as generation."""
 
+    generation: int
     apps: dict[str, AppRecord]
     links: dict[str, list[str]]
     models: dict[tuple[str, str], ModelRecord]
@@ -105,7 +108,11 @@ class Store:
         return bool(await self._redis.ping())
 
     async def notify_changed(self, what: str) -> None:
+        await self._redis.incr(GENERATION)
         await self._redis.publish(EVENTS_CHANNEL, what)
+
+    async def generation(self) -> int:
+        return int(await self._redis.get(GENERATION) or 0)
 
     @asynccontextmanager
     async def subscribe_changes(self) -> AsyncIterator[aioredis.client.PubSub]:
@@ -298,6 +305,7 @@ class Store:
     # Everything at once, for the query frontend
 
     async def read_cluster_state(self) -> ClusterState:
+        generation = await self.generation()
         apps = {app.name: app for app in await self.list_apps()}
         links = {name: await self.get_links(name) for name in apps}
         models = {(m.name, m.version): m for m in await self.list_models()}
@@ -306,7 +314,7 @@ class Store:
             version = await self.get_current_version(name)
             if version is not None:
                 current[name] = version
-        return ClusterState(apps, links, models, current, await self.list_replicas())
+        return ClusterState(generation, apps, links, models, current, await self.list_replicas())
 
 
 def _app_from_hash(name: str, fields: dict[str, str]) -> AppRecord:

@@ -1,0 +1,100 @@
+"""Shared fixtures: a real redis-server per session, and real local clusters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from clipper_admin import ClipperConnection, LocalContainerManager
+from clipper_admin.container_manager import find_unbound_port
+from clipper_admin.local_processes import redis_server_binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    port = find_unbound_port()
+    directory = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir",
+         str(directory), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    yield "127.0.0.1", port
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def clean_redis(redis_server: tuple[str, int]) -> tuple[str, int]:
+    redis.Redis(host=redis_server[0], port=redis_server[1]).flushall()
+    return redis_server
+
+
+def new_connection(cluster_dir: Path, name: str = "test-cluster") -> ClipperConnection:
+    return ClipperConnection(
+        LocalContainerManager(
+            cluster_name=name,
+            cluster_dir=str(cluster_dir),
+            clipper_query_port=0,
+            clipper_management_port=0,
+            redis_port=0,
+        )
+    )
+
+
+@pytest.fixture
+def start_cluster(tmp_path: Path) -> Iterator[Callable[..., ClipperConnection]]:
+    """Starts real local clusters (Redis, management, frontend processes); stops them after."""
+    started: list[ClipperConnection] = []
+
+    def start(name: str = "test-cluster", cluster_dir: Path | None = None) -> ClipperConnection:
+        conn = new_connection(cluster_dir or tmp_path / name, name)
+        conn.start_clipper()
+        started.append(conn)
+        return conn
+
+    yield start
+    for conn in started:
+        conn.stop_all(graceful=False)
+
+
+@pytest.fixture
+def clipper_conn(start_cluster: Callable[..., ClipperConnection]) -> ClipperConnection:
+    return start_cluster()
+
+
+def predict(conn: ClipperConnection, app: str, body: Any, slash: bool = False) -> Any:
+    url = f"http://{conn.get_query_addr()}/{app}/predict{'/' if slash else ''}"
+    response = requests.post(
+        url, headers={"Content-type": "application/json"}, data=json.dumps(body), timeout=60
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Polls condition until true; returns the seconds it took. Test-side waiting only."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - started
