@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import redis.asyncio as aioredis
+
 from management.input_types import parse_input_type
 from management.store import Store
-
 from model_containers.loading import create_model
 from model_containers.model import ModelLoadError
 from model_containers.registration import ReplicaRegistration

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from clipper_protos import model_pb2
 from management.input_types import InputType
-
 from model_containers.model import ItemError
 
 

@@ -7,6 +7,7 @@ import logging
 from types import TracebackType
 
 import redis.asyncio as aioredis
+
 from management.store import ReplicaRecord, Store
 
 logger = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from clipper_protos import model_pb2, model_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from management.input_types import InputType
 
+from clipper_protos import model_pb2, model_pb2_grpc
+from management.input_types import InputType
 from model_containers.batch import BatchContractError, decode_batch, encode_outputs
 from model_containers.model import Model
 
@@ -60,13 +60,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
 
-class ModelServicer(model_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     def __init__(self, model: Model, name: str, version: str, input_type: InputType) -> None:
         self._model = model
         self._info = model_pb2.ModelInfo(
             model_name=name,
             model_version=version,
-            input_type=int(input_type),
+            input_type=model_pb2.InputType.ValueType(int(input_type)),
             runtime=model.runtime_name,
         )
         self._input_type = input_type

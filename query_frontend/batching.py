@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+
 from clipper_protos import model_pb2, model_pb2_grpc
 from management.input_types import InputType
 
@@ -70,15 +71,19 @@ class ModelQueue:
         if self._heap:
             self._nonempty.set()
 
-    async def take(self, max_size: int) -> list[Query]:
-        """Waits for work, drops what has expired, and returns up to max_size queries."""
+    async def take(self, max_size: Callable[[], int]) -> list[Query]:
+        """Waits for work, drops what has expired, and returns up to max_size() queries.
+
+        The size is asked for once work is there, so a change made while waiting applies.
+        """
         while True:
             while not self._heap:
                 self._nonempty.clear()
                 await self._nonempty.wait()
+            limit = max_size()
             now = time.monotonic()
             batch: list[Query] = []
-            while self._heap and len(batch) < max_size:
+            while self._heap and len(batch) < limit:
                 query = heapq.heappop(self._heap)
                 if query.future.done():
                     continue  # answered elsewhere (a twin, or a failure) while it waited
@@ -147,7 +152,9 @@ class ReplicaClient:
     async def predict(
         self, input_type: InputType, items: list[bytes], timeout_s: float
     ) -> model_pb2.PredictResponse:
-        request = model_pb2.PredictRequest(input_type=int(input_type), inputs=items)
+        request = model_pb2.PredictRequest(
+            input_type=model_pb2.InputType.ValueType(int(input_type)), inputs=items
+        )
         response: model_pb2.PredictResponse = await self._stub.Predict(request, timeout=timeout_s)
         return response
 
@@ -189,7 +196,7 @@ class ReplicaWorker:
 
     async def _run(self) -> None:
         while True:
-            batch = await self._queue.take(self.sizer.size)
+            batch = await self._queue.take(lambda: self.sizer.size)
             try:
                 replica_alive = await self._send(batch)
             except asyncio.CancelledError:

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-from management.input_types import InputType
 
+from management.input_types import InputType
 from query_frontend.errors import JSON_ERROR, QueryError
 
 _SCHEMA_TEXT = (

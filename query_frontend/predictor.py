@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from management.input_types import parse_input_type
-
 from query_frontend.batching import BatchStats, QueryExpired, QueryFailed
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import PredictRequest, output_value, parse_predict_request

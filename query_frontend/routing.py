@@ -7,9 +7,9 @@ import logging
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
+
 from management.input_types import parse_input_type
 from management.store import AppRecord, ClusterState, ModelRecord, ReplicaRecord, Store
-
 from query_frontend.batching import (
     BatchObserver,
     BatchSizer,

@@ -10,8 +10,8 @@ from functools import partial
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
-from management.store import Store
 
+from management.store import Store
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import json_error
 from query_frontend.errors import NOT_FOUND, QueryError

@@ -250,7 +250,9 @@ class ClipperConnection:
         version = self.get_current_model_version(name) if version is None else str(version)
         info = self.get_model_info(name, version)
         if info is None:
-            raise ClipperException(f"Cannot add container for non-registered model {name}:{version}")
+            raise ClipperException(
+                f"Cannot add container for non-registered model {name}:{version}"
+            )
         if info["container_name"] == CONTAINERLESS_MODEL_IMAGE:
             raise ClipperException(
                 f"Cannot resize the replica set for containerless model {name}:{version}"

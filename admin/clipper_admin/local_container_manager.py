@@ -295,12 +295,11 @@ class LocalContainerManager(ContainerManager):
         to_start = num_replicas - len(current)
         if to_start == 0:
             return
-        logger.info(
-            "Found %d replicas for %s:%s. Adding %d", len(current), name, version, to_start
-        )
-        started = [self._spawn_replica(cluster, name, version, input_type, image)
-                   for _ in range(to_start)]
-        for i, (path, record, ready_fd) in enumerate(started):
+        logger.info("Found %d replicas for %s:%s. Adding %d", len(current), name, version, to_start)
+        started = [
+            self._spawn_replica(cluster, name, version, input_type, image) for _ in range(to_start)
+        ]
+        for i, (_, record, ready_fd) in enumerate(started):
             try:
                 wait_ready(
                     f"Replica {i} of model {name}:{version}",

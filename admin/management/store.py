@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -100,9 +101,16 @@ class Store:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
 
-    @property
-    def redis(self) -> aioredis.Redis:
-        return self._redis
+    # The client decodes responses, so every value read is a str; these say so to the checker.
+
+    async def _members(self, key: str) -> list[str]:
+        return sorted(cast("set[str]", await self._redis.smembers(key)))
+
+    async def _hash(self, key: str) -> dict[str, str]:
+        return cast("dict[str, str]", await self._redis.hgetall(key))
+
+    async def _get(self, key: str) -> str | None:
+        return cast("str | None", await self._redis.get(key))
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
@@ -112,7 +120,7 @@ class Store:
         await self._redis.publish(EVENTS_CHANNEL, what)
 
     async def generation(self) -> int:
-        return int(await self._redis.get(GENERATION) or 0)
+        return int(await self._get(GENERATION) or 0)
 
     @asynccontextmanager
     async def subscribe_changes(self) -> AsyncIterator[aioredis.client.PubSub]:
@@ -128,7 +136,7 @@ class Store:
         try:
             yield pubsub
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # Applications
 
@@ -157,11 +165,11 @@ class Store:
         return True
 
     async def get_app(self, name: str) -> AppRecord | None:
-        fields = await self._redis.hgetall(_app_key(name))
+        fields = await self._hash(_app_key(name))
         return _app_from_hash(name, fields) if fields else None
 
     async def list_apps(self) -> list[AppRecord]:
-        names = sorted(await self._redis.smembers(APPS))
+        names = await self._members(APPS)
         apps = []
         for name in names:
             app = await self.get_app(name)
@@ -172,7 +180,7 @@ class Store:
     # Links
 
     async def get_links(self, app: str) -> list[str]:
-        return sorted(await self._redis.smembers(_links_key(app)))
+        return await self._members(_links_key(app))
 
     async def add_link(self, app: str, model: str) -> None:
         await self._redis.sadd(_links_key(app), model)
@@ -185,11 +193,7 @@ class Store:
         return bool(removed)
 
     async def apps_linked_to(self, model: str) -> list[str]:
-        return [
-            app
-            for app in sorted(await self._redis.smembers(APPS))
-            if model in await self._redis.smembers(_links_key(app))
-        ]
+        return [app for app in await self._members(APPS) if model in await self.get_links(app)]
 
     # Models
 
@@ -218,11 +222,11 @@ class Store:
         return True
 
     async def get_model(self, name: str, version: str) -> ModelRecord | None:
-        fields = await self._redis.hgetall(_model_key(name, version))
+        fields = await self._hash(_model_key(name, version))
         return _model_from_hash(fields) if fields else None
 
     async def list_models(self) -> list[ModelRecord]:
-        ids = sorted(await self._redis.smembers(MODELS))
+        ids = await self._members(MODELS)
         models = []
         for model_id in ids:
             name, _, version = model_id.partition(":")
@@ -232,14 +236,13 @@ class Store:
         return models
 
     async def model_versions(self, name: str) -> list[str]:
-        return sorted(await self._redis.smembers(_versions_key(name)))
+        return await self._members(_versions_key(name))
 
     async def model_exists(self, name: str) -> bool:
         return bool(await self._redis.scard(_versions_key(name)))
 
     async def get_current_version(self, name: str) -> str | None:
-        version: str | None = await self._redis.get(_current_key(name))
-        return version
+        return await self._get(_current_key(name))
 
     async def set_current_version(self, name: str, version: str) -> None:
         await self._redis.set(_current_key(name), version)
@@ -277,7 +280,7 @@ class Store:
 
     async def refresh_replica(self, replica: ReplicaRecord, ttl_s: float) -> None:
         key = _replica_key(replica.model_name, replica.model_version, replica.replica_id)
-        data = {k: str(v) for k, v in asdict(replica).items()}
+        data: dict[Any, str] = {k: str(v) for k, v in asdict(replica).items()}
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=data)
             pipe.pexpire(key, int(ttl_s * 1000))
@@ -290,16 +293,16 @@ class Store:
         await self.notify_changed("replicas")
 
     async def list_replicas(self) -> list[ReplicaRecord]:
-        keys = [key async for key in self._redis.scan_iter(match=REPLICA_PREFIX + "*", count=500)]
+        keys = [str(k) async for k in self._redis.scan_iter(match=REPLICA_PREFIX + "*", count=500)]
         replicas = []
         for key in sorted(keys):
-            fields = await self._redis.hgetall(key)
+            fields = await self._hash(key)
             if fields:
                 replicas.append(_replica_from_hash(fields))
         return sorted(replicas, key=lambda r: (r.model_name, r.model_version, r.replica_id))
 
     async def get_replica(self, name: str, version: str, replica_id: int) -> ReplicaRecord | None:
-        fields = await self._redis.hgetall(_replica_key(name, version, replica_id))
+        fields = await self._hash(_replica_key(name, version, replica_id))
         return _replica_from_hash(fields) if fields else None
 
     # Everything at once, for the query frontend

@@ -1,0 +1,187 @@
+"""The embedded cluster: replica processes, failure detection, restarts and persistence."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from clipper_admin import ClipperConnection, ClipperException
+from clipper_admin.deployers.python import create_endpoint
+from tests.conftest import new_connection, predict, wait_for
+
+NO_MODELS_EXPLANATION = "No connected models found for query"
+
+
+def _replica_pids(conn: ClipperConnection, model: str) -> list[int]:
+    cluster_dir = Path(conn.cm.cluster_dir)  # type: ignore[attr-defined]
+    pids = []
+    for path in (cluster_dir / "replicas" / model).glob("*/*.json"):
+        import json
+
+        pids.append(json.loads(path.read_text())["pid"])
+    return pids
+
+
+def _make_wheel(directory: Path, package: str, source: str) -> Path:
+    """A minimal wheel, written by hand so that installing it needs no build tools or network."""
+    import zipfile
+
+    dist = f"{package}-1.0.dist-info"
+    files = {
+        f"{package}/__init__.py": source,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n",
+        f"{dist}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    files[f"{dist}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{dist}/RECORD"])
+    path = directory / f"{package}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return path
+
+
+def _counter(i: int) -> list[float]:
+    # A new input each time, so that no answer comes from the prediction cache.
+    return [float(i), 1.0]
+
+
+def test_killed_last_replica_answers_no_models_then_recovers(
+    clipper_conn: ClipperConnection,
+) -> None:
+    create_endpoint(clipper_conn, "fragile", "doubles", lambda xs: [sum(x) for x in xs])
+    assert predict(clipper_conn, "fragile", {"input": _counter(0)})["output"] == 1.0
+    (pid,) = _replica_pids(clipper_conn, "fragile")
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    queries = iter(range(1, 10_000))
+
+    def answers_no_models() -> bool:
+        response = predict(clipper_conn, "fragile", {"input": _counter(next(queries))})
+        return bool(response.get("default_explanation") == NO_MODELS_EXPLANATION)
+
+    wait_for(answers_no_models, 10, "the dead replica to leave routing")
+    assert time.monotonic() - killed_at < 5
+    assert clipper_conn.get_num_replicas("fragile") == 0
+
+    clipper_conn.set_num_replicas("fragile", 1)
+    response = predict(clipper_conn, "fragile", {"input": _counter(next(queries))})
+    assert response["default"] is False
+
+
+def test_replicas_share_the_load(clipper_conn: ClipperConnection) -> None:
+    create_endpoint(
+        clipper_conn, "pids", "doubles", lambda xs: [os.getpid()] * len(xs), num_replicas=3
+    )
+    assert clipper_conn.get_num_replicas("pids") == 3
+    seen = set()
+    for i in range(60):
+        seen.add(predict(clipper_conn, "pids", {"input": _counter(i)})["output"])
+    assert seen == set(_replica_pids(clipper_conn, "pids"))
+
+
+def test_model_that_raises_fails_only_its_batch(clipper_conn: ClipperConnection) -> None:
+    def picky(xs: np.ndarray) -> list[float]:
+        if any(x[0] < 0 for x in xs):
+            raise ValueError("negative input")
+        return [float(x[0]) for x in xs]
+
+    create_endpoint(clipper_conn, "picky", "doubles", picky, default_output="-1")
+    bad = predict(clipper_conn, "picky", {"input": [-5.0]})
+    assert bad["default"] is True and bad["output"] == -1
+    assert "ValueError: negative input" in bad["default_explanation"]
+    good = predict(clipper_conn, "picky", {"input": [5.0]})
+    assert good == {"query_id": good["query_id"], "output": 5.0, "default": False}
+    assert clipper_conn.get_num_replicas("picky") == 1
+
+
+def test_wrong_number_of_outputs_fails_the_batch(clipper_conn: ClipperConnection) -> None:
+    create_endpoint(clipper_conn, "short", "doubles", lambda xs: [1], batch_size=3)
+    response = predict(clipper_conn, "short", {"input_batch": [[1.0], [2.0], [3.0]]})
+    for p in response["batch_predictions"]:
+        assert p["default"] is True
+        assert "Expected model to return 3 outputs, found 1 outputs" in p["default_explanation"]
+
+
+def test_restarting_every_service_loses_nothing(
+    start_cluster: Callable[..., ClipperConnection], tmp_path: Path
+) -> None:
+    conn = start_cluster("persist", tmp_path / "persist")
+    create_endpoint(conn, "kept", "doubles", lambda xs: [1] * len(xs), slo_micros=200000)
+    conn.register_model("kept", "2", "doubles")
+    conn.set_model_version("kept", "1")
+    conn.register_application("other", "strings", "x", 1000)
+    before = (conn.get_all_apps(verbose=True), conn.get_all_models(verbose=True))
+
+    conn.stop_all()
+    assert not any(p.name() == "redis-server" and str(tmp_path) in " ".join(p.cmdline())
+                   for p in psutil.process_iter(["name"]))  # fmt: skip
+    again = start_cluster("persist", tmp_path / "persist")
+    assert (again.get_all_apps(verbose=True), again.get_all_models(verbose=True)) == before
+    # The model's replicas were stopped with the cluster; scaling it up serves it again.
+    again.set_num_replicas("kept", 1)
+    assert predict(again, "kept", {"input": [3.0]})["output"] == 1
+
+
+def test_build_with_pkgs_to_install_uses_its_own_environment(
+    clipper_conn: ClipperConnection, tmp_path: Path
+) -> None:
+    wheel = _make_wheel(tmp_path, "clipper_test_pkg", "ANSWER = 42\n")
+
+    def uses_pkg(xs: np.ndarray) -> list[int]:
+        import clipper_test_pkg  # type: ignore[import-not-found]
+
+        return [clipper_test_pkg.ANSWER] * len(xs)
+
+    create_endpoint(
+        clipper_conn, "withpkg", "doubles", uses_pkg,
+        pkgs_to_install=["--no-index", str(wheel)],
+    )  # fmt: skip
+    assert predict(clipper_conn, "withpkg", {"input": [1.0]})["output"] == 42
+
+
+def test_missing_package_fails_the_deploy_with_the_cause(
+    clipper_conn: ClipperConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A function from a module only this process can import is pickled by reference.
+    (tmp_path / "only_here_module.py").write_text("def predict(xs):\n    return [0] * len(xs)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_here_module  # type: ignore[import-not-found]
+
+    from clipper_admin.deployers.python import deploy_python_closure
+
+    started = time.monotonic()
+    with pytest.raises(ClipperException) as e:
+        deploy_python_closure(clipper_conn, "broken", 1, "doubles", only_here_module.predict)
+    assert time.monotonic() - started < 30
+    assert "only_here_module" in str(e.value)
+    assert "pkgs_to_install" in str(e.value)
+    assert clipper_conn.cm.get_num_replicas("broken", "1") == 0
+    assert clipper_conn.get_all_models() == []
+
+
+def test_connect_from_another_process_sees_the_cluster(
+    clipper_conn: ClipperConnection, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    cluster_dir = clipper_conn.cm.cluster_dir  # type: ignore[attr-defined]
+    script = (
+        "from clipper_admin import ClipperConnection, LocalContainerManager\n"
+        "conn = ClipperConnection(\n"
+        f"    LocalContainerManager('test-cluster', cluster_dir={str(cluster_dir)!r}))\n"
+        "conn.connect()\n"
+        "conn.register_application('from-child', 'doubles', 'd', 100000)\n"
+    )  # fmt: skip
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert clipper_conn.get_all_apps() == ["from-child"]
+    assert new_connection(Path(cluster_dir)).get_query_addr is not None

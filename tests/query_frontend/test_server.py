@@ -1,0 +1,194 @@
+"""POST /<app>/predict against a real cluster: the five input types, errors, cache, metrics."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from clipper_admin import ClipperConnection
+from clipper_admin.deployers.python import create_endpoint
+from tests.conftest import new_connection, predict
+
+
+def _describe(xs: Any) -> list[str]:
+    return [json.dumps({"dtype": str(np.asarray(x).dtype), "value": np.asarray(x).tolist()})
+            for x in xs]  # fmt: skip
+
+
+def _upper(xs: Any) -> list[str]:
+    return [x.decode().upper() for x in xs]
+
+
+def _bytes_summary(xs: Any) -> list[str]:
+    return [json.dumps({"len": len(x), "first": int(x[0]), "dtype": str(x.dtype)}) for x in xs]
+
+
+def _nondeterministic(xs: Any) -> list[int]:
+    import random
+
+    return [random.randrange(1 << 30) for _ in xs]
+
+
+@pytest.fixture(scope="module")
+def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClipperConnection]:
+    connection = new_connection(tmp_path_factory.mktemp("qf-cluster"), "qf")
+    connection.start_clipper()
+    try:
+        create_endpoint(connection, "doubles-app", "doubles", _describe)
+        create_endpoint(connection, "floats-app", "floats", _describe)
+        create_endpoint(connection, "ints-app", "integers", _describe)
+        create_endpoint(connection, "strings-app", "strings", _upper)
+        create_endpoint(connection, "bytes-app", "bytes", _bytes_summary)
+        create_endpoint(connection, "random-app", "doubles", _nondeterministic)
+        connection.register_application("unlinked-app", "doubles", "nothing", 100000)
+        yield connection
+    finally:
+        connection.stop_all(graceful=False)
+
+
+def _post(conn: ClipperConnection, path: str, data: str | bytes) -> requests.Response:
+    return requests.post(f"http://{conn.get_query_addr()}/{path}", data=data, timeout=30)
+
+
+def _assert_json_error(response: requests.Response, status: int, error: str, cause: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["error"] == error
+    assert cause in body["cause"], body["cause"]
+
+
+@pytest.mark.parametrize(
+    ("app", "value", "dtype"),
+    [
+        ("doubles-app", [1.5, 2, -3.25], "float64"),
+        ("floats-app", [1.5, 2, -3.25], "float32"),
+        ("ints-app", [1, -2, 2147483647], "int32"),
+    ],
+)
+def test_numeric_inputs_arrive_with_their_dtype(
+    conn: ClipperConnection, app: str, value: list[float], dtype: str
+) -> None:
+    response = predict(conn, app, {"input": value})
+    assert response["default"] is False
+    assert response["output"] == {"dtype": dtype, "value": [float(v) for v in value]}
+
+
+def test_strings_arrive_as_bytes(conn: ClipperConnection) -> None:
+    assert predict(conn, "strings-app", {"input": "héllo"})["output"] == "HÉLLO"
+    batch = predict(conn, "strings-app", {"input_batch": ["a", "b"]})["batch_predictions"]
+    assert [p["output"] for p in batch] == ["A", "B"]
+
+
+def test_bytes_arrive_decoded_from_base64(conn: ClipperConnection) -> None:
+    payload = bytes([200, 1, 2, 3])
+    response = predict(conn, "bytes-app", {"input": base64.b64encode(payload).decode()})
+    assert response["output"] == {"len": 4, "first": 200 - 256, "dtype": "int8"}
+
+
+@pytest.mark.parametrize(
+    ("app", "body", "cause"),
+    [
+        ("doubles-app", "{not json", "Error parsing JSON: JSON parse error"),
+        ("doubles-app", "[1, 2]", "must be a JSON object"),
+        ("doubles-app", '{"inputs": [1.0]}', "does not have required keys input or input_batch"),
+        ("doubles-app", '{"input": "1.0"}', "JSON key input expected type Array but found type"),
+        (
+            "doubles-app",
+            '{"input": [1.0, "x"]}',
+            "Array input of type String is not of type double",
+        ),
+        ("doubles-app", '{"input_batch": [1.0]}', "JSON key input_batch[0] expected type Array"),
+        ("doubles-app", '{"input_batch": {"a": 1}}', "JSON key input_batch expected type Array"),
+        ("ints-app", '{"input": [1.0]}', "Array input of type Number is not of type integer"),
+        ("ints-app", '{"input": [4294967296]}', "does not fit 32-bit integers"),
+        ("floats-app", '{"input": [1e300]}', "does not fit 32-bit floats"),
+        ("strings-app", '{"input": ["a"]}', "JSON key input expected type String"),
+        ("bytes-app", '{"input": "not base64!"}', "is not valid base64"),
+        (
+            "doubles-app",
+            '{"input": [1.0], "version": [1]}',
+            "JSON key version expected type String",
+        ),
+    ],
+)
+def test_bad_input_is_a_json_400(conn: ClipperConnection, app: str, body: str, cause: str) -> None:
+    response = _post(conn, f"{app}/predict", body)
+    _assert_json_error(response, 400, "Json error", cause)
+    assert "Expected JSON schema" in response.json()["cause"]
+
+
+def test_unknown_version_and_unlinked_version_are_query_errors(conn: ClipperConnection) -> None:
+    _assert_json_error(
+        _post(conn, "doubles-app/predict", '{"input": [1.0], "version": "7"}'),
+        400,
+        "Query processing error",
+        "Requested version: 7 does not exist for model: doubles-app",
+    )
+    _assert_json_error(
+        _post(conn, "unlinked-app/predict", '{"input": [1.0], "version": "1"}'),
+        400,
+        "Query processing error",
+        "No model is linked to application unlinked-app",
+    )
+    assert predict(conn, "doubles-app", {"input": [1.0], "version": 1})["default"] is False
+
+
+def test_unknown_app_and_route_are_json_404(conn: ClipperConnection) -> None:
+    _assert_json_error(
+        _post(conn, "no-such-app/predict", '{"input": [1.0]}'), 404, "Not found", "no-such-app"
+    )
+    _assert_json_error(_post(conn, "a/b/c", "{}"), 404, "Not Found", "/a/b/c")
+    response = requests.get(f"http://{conn.get_query_addr()}/doubles-app/predict", timeout=10)
+    _assert_json_error(response, 405, "Method Not Allowed", "GET")
+
+
+def test_batches_keep_input_order_and_empty_batch(conn: ClipperConnection) -> None:
+    values = [[float(i), 0.5] for i in range(40)]
+    batch = predict(conn, "doubles-app", {"input_batch": values})["batch_predictions"]
+    assert [p["output"]["value"] for p in batch] == values
+    ids = [p["query_id"] for p in batch]
+    assert ids == list(range(ids[0], ids[0] + 40))
+    assert predict(conn, "doubles-app", {"input_batch": []}) == {"batch_predictions": []}
+
+
+def test_unlinked_app_answers_default_at_once(conn: ClipperConnection) -> None:
+    response = predict(conn, "unlinked-app", {"input": [1.0]})
+    assert response["output"] == "nothing"
+    assert response["default_explanation"] == "No connected models found for query"
+
+
+def test_identical_queries_come_from_the_cache(conn: ClipperConnection) -> None:
+    first = predict(conn, "random-app", {"input": [4.0, 2.0]})["output"]
+    second = predict(conn, "random-app", {"input": [4.0, 2.0]})["output"]
+    other = predict(conn, "random-app", {"input": [4.0, 2.5]})["output"]
+    assert first == second
+    assert other != first
+    # Identical inputs inside one batch are sent once and share the answer.
+    batch = predict(conn, "random-app", {"input_batch": [[9.0], [9.0], [9.0]]})
+    assert len({p["output"] for p in batch["batch_predictions"]}) == 1
+
+
+def test_metrics_report_clipper_shape(conn: ClipperConnection) -> None:
+    predict(conn, "doubles-app", {"input_batch": [[1.0], [2.0]]})
+    metrics = conn.inspect_instance()
+    counters = {k: v for entry in metrics["counters"] for k, v in entry.items()}
+    assert int(counters["app:doubles-app:num_predictions"]["count"]) >= 2
+    assert int(counters["internal:aggregate_num_predictions"]["count"]) >= 2
+    histograms = {k: v for entry in metrics["histograms"] for k, v in entry.items()}
+    assert histograms["app:doubles-app:prediction_latency"]["unit"] == "microseconds"
+    assert float(histograms["app:doubles-app:prediction_latency"]["p99"]) > 0
+    assert all(isinstance(v, str) for h in histograms.values() for v in h.values())
+
+
+def test_update_route_accepts_feedback(conn: ClipperConnection) -> None:
+    response = _post(conn, "doubles-app/update", '{"uid": 0, "input": [1.0], "label": 1.0}')
+    assert response.status_code == 200
+    assert response.text == "Feedback received? 1"
+    _assert_json_error(_post(conn, "doubles-app/update", "{}"), 400, "Json error", "uid")
