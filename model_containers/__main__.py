@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from management.input_types import parse_input_type
 from management.store import Store
 from model_containers.loading import create_model
+from model_containers.metrics import ReplicaMetrics
 from model_containers.model import ModelLoadError
 from model_containers.registration import ReplicaRegistration
 from model_containers.server import ModelServicer, ReplicaServer
@@ -28,10 +29,23 @@ async def serve(settings: ReplicaSettings) -> None:
     input_type = parse_input_type(settings.input_type)
     model = create_model(Path(settings.model_path))
     await asyncio.get_running_loop().run_in_executor(None, model.load)
-    servicer = ModelServicer(model, settings.model_name, settings.model_version, input_type)
+    metrics = ReplicaMetrics()
+    metrics_address = ""
+    if settings.metrics_port >= 0:
+        metrics_port = metrics.serve(settings.host, settings.metrics_port)
+        metrics_address = f"{settings.advertise_host}:{metrics_port}"
+    servicer = ModelServicer(
+        model, settings.model_name, settings.model_version, input_type, metrics
+    )
     server = ReplicaServer(servicer, settings.host, settings.port)
     port = await server.start()
-    logger.info("serving %s:%s on port %d", settings.model_name, settings.model_version, port)
+    logger.info(
+        "serving %s:%s on port %d (metrics at %s)",
+        settings.model_name,
+        settings.model_version,
+        port,
+        metrics_address or "off",
+    )
 
     redis = aioredis.Redis(host=settings.redis_ip, port=settings.redis_port, decode_responses=True)
     registration = ReplicaRegistration(
@@ -43,6 +57,7 @@ async def serve(settings: ReplicaSettings) -> None:
         os.getpid(),
         settings.heartbeat_interval_s,
         settings.heartbeat_ttl_s,
+        metrics_address,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,6 +70,7 @@ async def serve(settings: ReplicaSettings) -> None:
         await stop.wait()
         logger.info("stopping: leaving routing, then finishing in-flight work")
     await server.stop(settings.shutdown_grace_s)
+    metrics.close()
     await redis.aclose()
 
 

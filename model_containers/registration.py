@@ -29,9 +29,11 @@ class ReplicaRegistration:
         pid: int,
         heartbeat_interval_s: float,
         ttl_s: float,
+        metrics_address: str = "",
     ) -> None:
         self._store = store
         self._args = (model_name, model_version, input_type, address, pid)
+        self._metrics_address = metrics_address
         self._interval_s = heartbeat_interval_s
         self._ttl_s = ttl_s
         self._stopped = asyncio.Event()
@@ -39,7 +41,9 @@ class ReplicaRegistration:
         self.replica: ReplicaRecord | None = None
 
     async def __aenter__(self) -> ReplicaRecord:
-        self.replica = await self._store.register_replica(*self._args, ttl_s=self._ttl_s)
+        self.replica = await self._store.register_replica(
+            *self._args, ttl_s=self._ttl_s, metrics_address=self._metrics_address
+        )
         logger.info(
             "registered as replica %d of %s:%s at %s",
             self.replica.replica_id,

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from clipper_protos import model_pb2, model_pb2_grpc
 from management.input_types import InputType
 from model_containers.batch import BatchContractError, decode_batch, encode_outputs
+from model_containers.metrics import ReplicaMetrics
 from model_containers.model import Model
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 class ModelServicer(model_pb2_grpc.ModelServiceServicer):
-    def __init__(self, model: Model, name: str, version: str, input_type: InputType) -> None:
+    def __init__(
+        self,
+        model: Model,
+        name: str,
+        version: str,
+        input_type: InputType,
+        metrics: ReplicaMetrics | None = None,
+    ) -> None:
         self._model = model
+        self._metrics = metrics or ReplicaMetrics()
         self._info = model_pb2.ModelInfo(
             model_name=name,
             model_version=version,
@@ -82,27 +91,34 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                 f"This replica serves {self._input_type.canonical_name} inputs, "
                 f"got {InputType(request.input_type).canonical_name}",
             )
+        metrics = self._metrics
+        received = time.monotonic()
         try:
             inputs = decode_batch(self._input_type, request.inputs)
         except ValueError as e:
             raise ReplicaError(grpc.StatusCode.INVALID_ARGUMENT, f"Bad input batch: {e}") from e
-        started = time.monotonic()
+        parsed = time.monotonic()
+        metrics.parse_time_ms.observe((parsed - received) * 1e3)
         loop = asyncio.get_running_loop()
         try:
             outputs = await loop.run_in_executor(self._executor, self._model.predict, inputs)
         except Exception as e:
             logger.exception("predict raised on a batch of %d", len(request.inputs))
+            metrics.failed_batches.inc()
             raise ReplicaError(
                 grpc.StatusCode.INTERNAL, f"Model raised {type(e).__name__}: {e}"
             ) from e
+        handled = time.monotonic()
         try:
             response = encode_outputs(outputs, len(request.inputs))
         except BatchContractError as e:
             logger.error("%s", e)
+            metrics.failed_batches.inc()
             raise ReplicaError(grpc.StatusCode.INTERNAL, str(e)) from e
-        logger.debug(
-            "batch of %d in %.1f ms", len(request.inputs), (time.monotonic() - started) * 1e3
-        )
+        metrics.handle_time_ms.observe((handled - parsed) * 1e3)
+        metrics.end_to_end_latency_ms.observe((time.monotonic() - received) * 1e3)
+        metrics.predictions.inc(len(request.inputs))
+        metrics.batch_size.observe(len(request.inputs))
         return response
 
     async def GetModelInfo(

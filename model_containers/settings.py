@@ -14,6 +14,8 @@ class ReplicaSettings(BaseSettings):
     port: int = 7000
     # The address frontends dial; on one host or with host networking, loopback.
     advertise_host: str = "127.0.0.1"
+    # Prometheus metrics (clipper_mc_*); 0 picks a free port, -1 turns them off.
+    metrics_port: int = 1390
     redis_ip: str = "localhost"
     redis_port: int = 6379
     heartbeat_interval_s: float = 1.0

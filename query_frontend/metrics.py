@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import deque
 from typing import Any
 
 _RESERVOIR_SIZE = 4096
 _METER_TICK_S = 5.0
+_PROMETHEUS_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 
 
 class Counter:
@@ -139,6 +141,20 @@ class MetricsRegistry:
         if name not in self._histograms:
             self._histograms[name] = Histogram(unit)
         return self._histograms[name]
+
+    def prometheus_text(self) -> str:
+        """Every numeric field as a gauge, named as Clipper's frontend-exporter named them."""
+        lines = []
+        for entries in self.report().values():
+            for entry in entries:
+                for name, fields in entry.items():
+                    for field_name, value in fields.items():
+                        if field_name == "unit":
+                            continue
+                        metric = _PROMETHEUS_UNSAFE.sub("_", f"{name}_{field_name}")
+                        number = "NaN" if value == "nan" else value
+                        lines.append(f"# TYPE {metric} gauge\n{metric} {number}")
+        return "\n".join(lines) + "\n"
 
     def report(self) -> dict[str, Any]:
         return {

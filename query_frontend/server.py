@@ -77,6 +77,14 @@ async def metrics(request: web.Request) -> web.Response:
     return _json(request.app[METRICS_KEY].report())
 
 
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        text=request.app[METRICS_KEY].prometheus_text(),
+        content_type="text/plain",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
 async def health(request: web.Request) -> web.Response:
     ready = request.app[WATCHER_KEY].synced.is_set()
     return _json({"ready": ready}, status=200 if ready else 503)
@@ -118,6 +126,7 @@ def create_app(settings: FrontendSettings) -> web.Application:
 
     app.cleanup_ctx.append(cluster_sync)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/prometheus", prometheus_metrics)
     app.router.add_get("/healthz", health)
     app.router.add_post("/{app}/predict", predict)
     app.router.add_post("/{app}/predict/", predict)

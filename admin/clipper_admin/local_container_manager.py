@@ -333,6 +333,7 @@ class LocalContainerManager(ContainerManager):
             "CLIPPER_MODEL_PATH": str(model_home / "model"),
             "CLIPPER_HOST": cluster.host,
             "CLIPPER_PORT": "0",
+            "CLIPPER_METRICS_PORT": "0",
             "CLIPPER_ADVERTISE_HOST": cluster.host,
             "CLIPPER_REDIS_IP": cluster.host,
             "CLIPPER_REDIS_PORT": str(cluster.redis_port),

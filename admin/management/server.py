@@ -128,6 +128,22 @@ async def ping(request: web.Request) -> web.Response:
     return web.Response(text="PONG")
 
 
+async def prometheus_targets(request: web.Request) -> web.Response:
+    """Prometheus HTTP service discovery: one target per replica that serves metrics."""
+    targets = [
+        {
+            "targets": [replica.metrics_address],
+            "labels": {
+                "model": f"{replica.model_name}:{replica.model_version}",
+                "replica_id": str(replica.replica_id),
+            },
+        }
+        for replica in await request.app[STORE_KEY].list_replicas()
+        if replica.metrics_address
+    ]
+    return web.json_response(targets)
+
+
 def create_app(store: Store) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[STORE_KEY] = store
@@ -165,6 +181,7 @@ def create_app(store: Store) -> web.Application:
     }
     assert routes.keys() == _SCHEMAS.keys()
     app.router.add_get("/admin/ping", ping)
+    app.router.add_get("/admin/prometheus_targets", prometheus_targets)
     for name, call in routes.items():
         app.router.add_post(f"/admin/{name}", _route(name, call))
     return app

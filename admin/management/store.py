@@ -81,6 +81,7 @@ class ReplicaRecord:
     address: str
     pid: int = 0
     started_at: float = field(default_factory=time.time)
+    metrics_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -271,9 +272,18 @@ class Store:
         address: str,
         pid: int,
         ttl_s: float,
+        metrics_address: str = "",
     ) -> ReplicaRecord:
         replica_id = int(await self._redis.incr(_replica_seq_key(model_name, model_version))) - 1
-        replica = ReplicaRecord(model_name, model_version, replica_id, input_type, address, pid)
+        replica = ReplicaRecord(
+            model_name,
+            model_version,
+            replica_id,
+            input_type,
+            address,
+            pid,
+            metrics_address=metrics_address,
+        )
         await self.refresh_replica(replica, ttl_s)
         await self.notify_changed("replicas")
         return replica
@@ -351,4 +361,5 @@ def _replica_from_hash(fields: dict[str, str]) -> ReplicaRecord:
         address=fields["address"],
         pid=int(fields["pid"]),
         started_at=float(fields["started_at"]),
+        metrics_address=fields.get("metrics_address", ""),
     )
