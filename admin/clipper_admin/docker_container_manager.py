@@ -221,14 +221,16 @@ class DockerContainerManager(ContainerManager):
     def _check_environment(self, image: str, manifest: ModelManifest) -> None:
         """Fails at once when the image cannot unpickle what this client pickled."""
         probe = (
-            "import sys, cloudpickle; "
-            "print(f'{sys.version_info.major}.{sys.version_info.minor} {cloudpickle.__version__}')"
+            "import sys\n"
+            "try:\n    import cloudpickle; v = cloudpickle.__version__\n"
+            "except ImportError:\n    v = 'none'\n"
+            "print(f'{sys.version_info.major}.{sys.version_info.minor} {v}')"
         )
         try:
             output = self.docker_client.containers.run(
                 image, ["python", "-c", probe], remove=True, network_mode="host"
             )
-        except docker.errors.ContainerError as e:
+        except docker.errors.DockerException as e:
             raise ClipperException(f"Base image {image} cannot run Python: {e}") from e
         python, pickle_version = output.decode().split()
         problems = []
@@ -299,23 +301,7 @@ class DockerContainerManager(ContainerManager):
                 self._run(
                     redis_image,
                     f"redis-{_suffix()}",
-                    command=[
-                        "redis-server",
-                        "--port",
-                        str(ports["redis"]),
-                        "--bind",
-                        "127.0.0.1",
-                        "--dir",
-                        "/data",
-                        "--appendonly",
-                        "yes",
-                        "--appendfsync",
-                        "everysec",
-                        "--save",
-                        "",
-                        "--notify-keyspace-events",
-                        "Ex",
-                    ],
+                    environment={"REDIS_PORT": str(ports["redis"])},
                     volumes={self._redis_volume(): {"bind": "/data", "mode": "rw"}},
                     labels=port_labels,
                 )
@@ -342,15 +328,10 @@ class DockerContainerManager(ContainerManager):
             self._run(
                 prometheus_image,
                 f"metric_frontend-{_suffix()}",
-                command=[
-                    "--config.file=/etc/prometheus/cluster.yml",
-                    f"--web.listen-address=0.0.0.0:{ports['prometheus']}",
-                ],
-                volumes={
-                    self._prometheus_config(ports): {
-                        "bind": "/etc/prometheus/cluster.yml",
-                        "mode": "ro",
-                    }
+                environment={
+                    "QUERY_ADDR": f"127.0.0.1:{ports['query']}",
+                    "ADMIN_ADDR": f"127.0.0.1:{ports['management']}",
+                    "PROMETHEUS_PORT": str(ports["prometheus"]),
                 },
                 labels=port_labels,
             )
@@ -368,21 +349,6 @@ class DockerContainerManager(ContainerManager):
 
     def _redis_volume(self) -> str:
         return f"clipper-{self.cluster_name}-redis"
-
-    def _prometheus_config(self, ports: dict[str, int]) -> str:
-        directory = Path(tempfile.gettempdir()) / "clipper" / "docker" / self.cluster_name
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "prometheus.yml"
-        path.write_text(
-            "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n"
-            "scrape_configs:\n"
-            "  - job_name: query-frontend\n    metrics_path: /prometheus\n"
-            f"    static_configs:\n      - targets: ['127.0.0.1:{ports['query']}']\n"
-            "  - job_name: model-containers\n    http_sd_configs:\n"
-            f"      - url: http://127.0.0.1:{ports['management']}/admin/prometheus_targets\n"
-            "        refresh_interval: 5s\n"
-        )
-        return str(path)
 
     def _run(
         self,

@@ -1,0 +1,245 @@
+"""DockerContainerManager and docker-compose against the real Docker engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import requests
+
+from clipper_admin import (
+    ClipperConnection,
+    ClipperException,
+    DockerContainerManager,
+    LocalContainerManager,
+)
+from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
+from clipper_admin.deployers.python import create_endpoint, deploy_python_closure
+from tests.conftest import predict, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("docker_engine")
+
+
+def _docker_manager(name: str) -> DockerContainerManager:
+    return DockerContainerManager(
+        cluster_name=name,
+        clipper_query_port=0,
+        clipper_management_port=0,
+        redis_port=0,
+        prometheus_port=0,
+    )
+
+
+def _running(cluster: str, **labels: str) -> list[Any]:
+    filters = [f"{CLIPPER_DOCKER_LABEL}={cluster}"] + [f"{k}={v}" for k, v in labels.items()]
+    return list(docker.from_env().containers.list(filters={"label": filters}))
+
+
+@pytest.fixture
+def docker_clusters() -> Iterator[Callable[[str], ClipperConnection]]:
+    started: list[ClipperConnection] = []
+
+    def start(name: str) -> ClipperConnection:
+        conn = ClipperConnection(_docker_manager(name))
+        started.append(conn)
+        conn.start_clipper()
+        return conn
+
+    yield start
+    for conn in started:
+        conn.stop_all(graceful=False)
+        conn.cm.remove_state()  # type: ignore[attr-defined]
+
+
+def _client_script(conn: ClipperConnection) -> dict[str, Any]:
+    """What a user writes, whichever container manager the connection was made with."""
+
+    def shout(xs: Any) -> list[str]:
+        import inflection  # installed by pkgs_to_install
+
+        return [inflection.camelize(x.decode()) for x in xs]
+
+    conn.register_application("names", "strings", "unknown", 3000000)
+    deploy_python_closure(conn, "names", 1, "strings", shout, pkgs_to_install=["inflection==0.5.1"])
+    conn.link_model_to_app("names", "names")
+    answer = predict(conn, "names", {"input": "device_type"})
+    conn.set_num_replicas("names", 3)
+    three = conn.get_num_replicas("names")
+    conn.set_num_replicas("names", 1)
+    one = conn.get_num_replicas("names")
+    after_scaling = predict(conn, "names", {"input": "model_version"})
+    conn.stop_models(["names"])
+    return {
+        "answer": answer["output"],
+        "replicas": (three, one),
+        "after_scaling": after_scaling["output"],
+        "models_left": conn.get_all_models(),
+    }
+
+
+@pytest.mark.parametrize("manager", ["local", "docker"])
+def test_the_same_client_script_runs_with_either_manager(manager: str, tmp_path: Path) -> None:
+    name = f"same-{manager}-{uuid.uuid4().hex[:6]}"
+    cm = (
+        _docker_manager(name)
+        if manager == "docker"
+        else LocalContainerManager(
+            name, str(tmp_path), clipper_query_port=0, clipper_management_port=0, redis_port=0
+        )
+    )
+    conn = ClipperConnection(cm)
+    conn.start_clipper()
+    try:
+        result = _client_script(conn)
+    finally:
+        conn.stop_all(graceful=False)
+        if manager == "docker":
+            cm.remove_state()  # type: ignore[attr-defined]
+    assert result == {
+        "answer": "DeviceType",
+        "replicas": (3, 1),
+        "after_scaling": "ModelVersion",
+        "models_left": [],
+    }
+
+
+def test_containers_follow_the_replica_count(
+    docker_clusters: Callable[[str], ClipperConnection],
+) -> None:
+    name = f"scale-{uuid.uuid4().hex[:6]}"
+    conn = docker_clusters(name)
+    services = _running(name)
+    assert len(services) == 4  # redis, management, query frontend, prometheus
+    create_endpoint(conn, "echo", "doubles", lambda xs: [x[0] for x in xs], num_replicas=2)
+    model_label = {"ai.clipper.model_container.label": "echo_1"}
+    assert len(_running(name, **model_label)) == 2
+    conn.set_num_replicas("echo", 4)
+    assert len(_running(name, **model_label)) == 4
+    wait_for(lambda: len(conn.get_all_model_replicas()) == 4, 10, "4 registered replicas")
+    conn.set_num_replicas("echo", 1)
+    assert len(_running(name, **model_label)) == 1
+    assert predict(conn, "echo", {"input": [7.0]})["output"] == 7.0
+    logs = conn.get_clipper_logs(str(Path(os.environ.get("TMPDIR", "/tmp")) / f"logs-{name}"))
+    assert len(logs) == 5
+    conn.stop_all_model_containers()
+    assert _running(name, **model_label) == []
+    assert conn.get_all_models() == []
+
+
+def test_two_clusters_side_by_side_are_isolated(
+    docker_clusters: Callable[[str], ClipperConnection],
+) -> None:
+    first = docker_clusters(f"tenant-a-{uuid.uuid4().hex[:6]}")
+    second = docker_clusters(f"tenant-b-{uuid.uuid4().hex[:6]}")
+    for i, conn in enumerate((first, second)):
+        create_endpoint(conn, "testapp0-model", "doubles", lambda xs, i=i: [i] * len(xs))
+    assert predict(first, "testapp0-model", {"input": [1.0]})["output"] == 0
+    assert predict(second, "testapp0-model", {"input": [1.0]})["output"] == 1
+    assert first.get_query_addr() != second.get_query_addr()
+    first.stop_all()
+    assert predict(second, "testapp0-model", {"input": [2.0]})["output"] == 1
+    assert _running(first.cm.cluster_name) == []
+
+
+def test_a_container_that_crashes_at_start_fails_the_deploy_with_its_log(
+    docker_clusters: Callable[[str], ClipperConnection],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = docker_clusters(f"crash-{uuid.uuid4().hex[:6]}")
+    (tmp_path / "host_only_module.py").write_text("def predict(xs):\n    return xs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import host_only_module  # type: ignore[import-not-found]
+
+    started = time.monotonic()
+    with pytest.raises(ClipperException) as e:
+        deploy_python_closure(conn, "crashy", 1, "doubles", host_only_module.predict)
+    assert time.monotonic() - started < 60
+    assert "exited before it was ready" in e.value.msg
+    assert "No module named 'host_only_module'" in e.value.msg
+    assert "pkgs_to_install" in e.value.msg
+    assert conn.get_num_replicas is not None and conn.cm.get_num_replicas("crashy", "1") == 0
+
+
+def test_a_base_image_that_cannot_load_the_closure_fails_at_once(
+    docker_clusters: Callable[[str], ClipperConnection],
+) -> None:
+    conn = docker_clusters(f"skew-{uuid.uuid4().hex[:6]}")
+    with pytest.raises(ClipperException) as e:
+        deploy_python_closure(
+            conn, "skewed", 1, "doubles", lambda xs: xs, base_image="python:3.11-slim"
+        )
+    assert "cloudpickle none" in e.value.msg
+    assert "base_image='default'" in e.value.msg
+
+
+def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", "compose", "-p", env["CLIPPER_CLUSTER_NAME"], *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def test_compose_cluster_serves_models_and_prometheus_sees_them() -> None:
+    from clipper_admin.container_manager import find_unbound_port
+
+    env = {
+        "CLIPPER_CLUSTER_NAME": f"compose-{uuid.uuid4().hex[:6]}",
+        "CLIPPER_QUERY_PORT": str(find_unbound_port()),
+        "CLIPPER_MANAGEMENT_PORT": str(find_unbound_port()),
+        "CLIPPER_REDIS_PORT": str(find_unbound_port()),
+        "CLIPPER_PROMETHEUS_PORT": str(find_unbound_port()),
+    }
+    up = _compose("up", "-d", "--build", env=env)
+    assert up.returncode == 0, up.stderr[-3000:]
+    conn = ClipperConnection(DockerContainerManager(cluster_name=env["CLIPPER_CLUSTER_NAME"]))
+    try:
+        conn.connect()
+        wait_for(_admin_ready(conn), 60, "the management service")
+        create_endpoint(conn, "composed", "doubles", lambda xs: [len(x) for x in xs])
+        assert predict(conn, "composed", {"input": [1.0, 2.0, 3.0]})["output"] == 3
+
+        def targets_up() -> bool:
+            url = f"http://{conn.get_metric_addr()}/api/v1/targets"
+            try:
+                active = requests.get(url, timeout=5).json()["data"]["activeTargets"]
+            except (requests.RequestException, ValueError, KeyError):
+                return False
+            jobs = sorted(t["scrapePool"] for t in active if t["health"] == "up")
+            return jobs == ["model-containers", "query-frontend"]
+
+        wait_for(targets_up, 60, "Prometheus to scrape the frontend and the model container")
+        series = requests.get(
+            f"http://{conn.get_metric_addr()}/api/v1/query",
+            params={"query": "clipper_mc_pred_total"},
+            timeout=5,
+        ).json()
+        assert series["status"] == "success"
+    finally:
+        conn.stop_all_model_containers()
+        down = _compose("down", "-v", env=env)
+        assert down.returncode == 0, down.stderr
+
+
+def _admin_ready(conn: ClipperConnection) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            url = f"http://{conn.cm.get_admin_addr()}/admin/ping"
+            return requests.get(url, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    return ready
