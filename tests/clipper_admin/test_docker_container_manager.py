@@ -63,7 +63,7 @@ def _client_script(conn: ClipperConnection) -> dict[str, Any]:
     """What a user writes, whichever container manager the connection was made with."""
 
     def shout(xs: Any) -> list[str]:
-        import inflection  # installed by pkgs_to_install
+        import inflection  # type: ignore[import-not-found]  # from pkgs_to_install
 
         return [inflection.camelize(x.decode()) for x in xs]
 
@@ -88,12 +88,9 @@ def _client_script(conn: ClipperConnection) -> dict[str, Any]:
 @pytest.mark.parametrize("manager", ["local", "docker"])
 def test_the_same_client_script_runs_with_either_manager(manager: str, tmp_path: Path) -> None:
     name = f"same-{manager}-{uuid.uuid4().hex[:6]}"
-    cm = (
-        _docker_manager(name)
-        if manager == "docker"
-        else LocalContainerManager(
-            name, str(tmp_path), clipper_query_port=0, clipper_management_port=0, redis_port=0
-        )
+    docker_cm = _docker_manager(name) if manager == "docker" else None
+    cm = docker_cm or LocalContainerManager(
+        name, str(tmp_path), clipper_query_port=0, clipper_management_port=0, redis_port=0
     )
     conn = ClipperConnection(cm)
     conn.start_clipper()
@@ -101,8 +98,8 @@ def test_the_same_client_script_runs_with_either_manager(manager: str, tmp_path:
         result = _client_script(conn)
     finally:
         conn.stop_all(graceful=False)
-        if manager == "docker":
-            cm.remove_state()  # type: ignore[attr-defined]
+        if docker_cm is not None:
+            docker_cm.remove_state()
     assert result == {
         "answer": "DeviceType",
         "replicas": (3, 1),
