@@ -17,6 +17,20 @@ def create_model(model_dir: Path) -> Model:
         if (model_dir / FUNC_FILE).exists():
             return ClosureModel(model_dir)
         raise ModelLoadError(f"{model_dir} has neither a manifest nor a {FUNC_FILE}")
+    assert manifest is not None
     if runtime == ClosureModel.runtime_name:
         return ClosureModel(model_dir)
+    # Framework runtimes are imported only when used: a closure image has no torch.
+    if runtime == "pytorch":
+        from model_containers.torch_runtimes import PyTorchModel
+
+        return PyTorchModel(model_dir, manifest)
+    if runtime == "torchscript":
+        from model_containers.torch_runtimes import TorchScriptModel
+
+        return TorchScriptModel(model_dir, manifest)
+    if runtime == "onnx":
+        from model_containers.onnx_runtime import OnnxModel
+
+        return OnnxModel(model_dir, manifest)
     raise ModelLoadError(f"Unknown model runtime '{runtime}' in {model_dir}")

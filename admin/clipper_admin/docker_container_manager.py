@@ -7,14 +7,19 @@ one Docker host in isolation and connect() finds a cluster again from its labels
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import logging
+import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +98,7 @@ class DockerContainerManager(ContainerManager):
         extra_container_kwargs: dict[str, Any] | None = None,
         start_timeout_s: float = 120.0,
         build_timeout_s: float = 1800.0,
+        torch_wheels_dir: str | None = os.environ.get("CLIPPER_TORCH_WHEELS_DIR", "/opt/wheels"),
     ) -> None:
         if docker_network != "host":
             raise ClipperException(
@@ -116,6 +122,7 @@ class DockerContainerManager(ContainerManager):
         self.extra_container_kwargs = dict(extra_container_kwargs or {})
         if self.extra_container_kwargs.get("network_mode") not in (None, "host"):
             raise ClipperException("extra_container_kwargs may not change network_mode")
+        self.torch_wheels_dir = torch_wheels_dir
         self.start_timeout_s = start_timeout_s
         self.build_timeout_s = build_timeout_s
         try:
@@ -217,6 +224,30 @@ class DockerContainerManager(ContainerManager):
             "closure",
             {"PYTHON_VERSION": py, "CLOUDPICKLE_VERSION": str(cloudpickle.__version__)},
         )
+
+    def framework_base_image(self, runtime: str, manifest: ModelManifest) -> str:
+        """The PyTorch or ONNX model image: the closure image plus the client's framework."""
+        py = f"{sys.version_info.major}{sys.version_info.minor}"
+        pickle_version = str(cloudpickle.__version__)
+        args = {"PYTHON_VERSION": f"{py[0]}.{py[1:]}", "CLOUDPICKLE_VERSION": pickle_version}
+        if runtime in ("pytorch", "torchscript"):
+            torch_version = str(manifest.options.get("torch_version") or "2.13.0")
+            image = (
+                f"{__registry__}/pytorch{py}-container:{__version__}-torch{torch_version}"
+                f"-cloudpickle{pickle_version}"
+            )
+            args["TORCH_VERSION"] = torch_version
+            with _served_wheels(self.torch_wheels_dir, f"torch-{torch_version}+cpu") as url:
+                if url:
+                    args["TORCH_FIND_LINKS"] = url
+                return self._project_image(image, "pytorch", args)
+        onnxruntime_version = str(manifest.options.get("onnxruntime_version") or "")
+        image = (
+            f"{__registry__}/onnx{py}-container:{__version__}-onnxruntime"
+            f"{onnxruntime_version or 'latest'}-cloudpickle{pickle_version}"
+        )
+        args["ONNXRUNTIME_VERSION"] = onnxruntime_version
+        return self._project_image(image, "onnx", args)
 
     def _check_environment(self, image: str, manifest: ModelManifest) -> None:
         """Fails at once when the image cannot unpickle what this client pickled."""
@@ -449,7 +480,7 @@ class DockerContainerManager(ContainerManager):
         manifest = ModelManifest.read(Path(model_data_path))
         if base_image == "default":
             base_image = self.default_base_image(manifest)
-        if manifest is not None and manifest.runtime == "python_closure":
+        if manifest is not None and manifest.runtime in ("python_closure", "pytorch"):
             self._check_environment(base_image, manifest)
         tag = f"{self.cluster_identifier}-{name}:{version}"
         if container_registry:
@@ -471,6 +502,8 @@ class DockerContainerManager(ContainerManager):
         runtime = manifest.runtime if manifest else "python_closure"
         if runtime == "python_closure":
             return self.closure_base_image()
+        if manifest is not None and runtime in ("pytorch", "torchscript", "onnx"):
+            return self.framework_base_image(runtime, manifest)
         raise ClipperException(f"No default base image for the {runtime} runtime")
 
     def _push(self, tag: str) -> None:
@@ -601,6 +634,31 @@ class DockerContainerManager(ContainerManager):
 
     def get_metric_addr(self) -> str:
         return f"{self.docker_ip_address}:{self._require_ports()['prometheus']}"
+
+
+@contextmanager
+def _served_wheels(directory: str | None, prefix: str) -> Iterator[str | None]:
+    """Serves a folder of wheels on loopback while an image builds, if it has the wanted one.
+
+    Builds use host networking, so the build's pip reaches it at 127.0.0.1.
+    """
+    if not directory or not any(Path(directory).glob(f"{prefix}-*.whl")):
+        yield None
+        return
+    handler = functools.partial(_QuietHandler, directory=directory)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("wheel server: " + format, *args)
 
 
 def _image_name(container: Container) -> str:

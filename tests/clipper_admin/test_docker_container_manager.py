@@ -240,3 +240,40 @@ def _admin_ready(conn: ClipperConnection) -> Callable[[], bool]:
             return False
 
     return ready
+
+
+def test_pytorch_and_onnx_models_in_their_images(
+    docker_clusters: Callable[[str], ClipperConnection],
+) -> None:
+    import numpy as np
+    import onnxruntime
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from clipper_admin.deployers import onnx as onnx_deployer
+    from clipper_admin.deployers import pytorch as pytorch_deployer
+
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    conn = docker_clusters(f"frameworks-{uuid.uuid4().hex[:6]}")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+
+    def func(model: Any, inputs: Any) -> list[int]:
+        return model(torch.from_numpy(np.asarray(inputs, dtype=np.float32))).argmax(1).tolist()
+
+    pytorch_deployer.create_endpoint(conn, "pt", "floats", func, net)
+    classifier = LogisticRegression(max_iter=300).fit(x, data.target)
+    onnx_deployer.create_endpoint(conn, "sk", "floats", classifier)
+
+    served_pt = predict(conn, "pt", {"input_batch": x[:20].tolist()})["batch_predictions"]
+    with torch.inference_mode():
+        assert [p["output"] for p in served_pt] == net(torch.from_numpy(x[:20])).argmax(1).tolist()
+    served_sk = predict(conn, "sk", {"input_batch": x[:20].tolist()})["batch_predictions"]
+    graph, _ = onnx_deployer.sklearn_to_onnx(classifier)
+    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    direct = session.run(["label"], {session.get_inputs()[0].name: x[:20]})[0].tolist()
+    assert [p["output"] for p in served_sk] == direct
+    images = {c.image.tags[0].split(":")[0] for c in _running(conn.cm.cluster_name) if c.image}
+    assert {f"{conn.cm.cluster_name}-pt", f"{conn.cm.cluster_name}-sk"} <= images

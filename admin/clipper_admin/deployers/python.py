@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,22 +9,20 @@ from typing import Any
 import cloudpickle
 
 from clipper_admin.clipper_admin import ClipperConnection
-from clipper_admin.container_manager import CLIPPER_TEMP_DIR
+from clipper_admin.deployers.packaging import (
+    create_endpoint_with,
+    deploy_directory,
+    model_directory,
+)
 from model_containers.closure import FUNC_FILE, ClosureModel
 from model_containers.manifest import ModelManifest
 
-logger = logging.getLogger(__name__)
 
-
-def save_python_function(name: str, func: Callable[..., Any]) -> str:
-    """Writes func.pkl and the manifest into a fresh directory, and returns its path."""
-    Path(CLIPPER_TEMP_DIR).mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(suffix="clipper", prefix=f"{name}-", dir=CLIPPER_TEMP_DIR))
-    with (directory / FUNC_FILE).open("wb") as f:
+def save_python_function(model_dir: Path, func: Callable[..., Any]) -> None:
+    """Writes func.pkl (cloudpickle, with what func closes over) and the manifest."""
+    with (model_dir / FUNC_FILE).open("wb") as f:
         cloudpickle.dump(func, f)
-    ModelManifest(runtime=ClosureModel.runtime_name).write(directory)
-    logger.info("Saved function to %s", directory)
-    return str(directory)
+    ModelManifest(runtime=ClosureModel.runtime_name).write(model_dir)
 
 
 def create_endpoint(
@@ -46,21 +41,26 @@ def create_endpoint(
     pkgs_to_install: list[str] | None = None,
 ) -> None:
     """Registers an app, deploys func as a model of the same name, and links the two."""
-    clipper_conn.register_application(name, input_type, default_output, slo_micros)
-    deploy_python_closure(
+    create_endpoint_with(
         clipper_conn,
         name,
-        version,
         input_type,
-        func,
-        base_image,
-        labels,
-        registry,
-        num_replicas,
-        batch_size,
-        pkgs_to_install,
+        default_output,
+        slo_micros,
+        lambda: deploy_python_closure(
+            clipper_conn,
+            name,
+            version,
+            input_type,
+            func,
+            base_image,
+            labels,
+            registry,
+            num_replicas,
+            batch_size,
+            pkgs_to_install,
+        ),
     )
-    clipper_conn.link_model_to_app(name, name)
 
 
 def deploy_python_closure(
@@ -77,9 +77,10 @@ def deploy_python_closure(
     pkgs_to_install: list[str] | None = None,
 ) -> None:
     """Deploys func as version `version` of model `name`; it becomes the current version."""
-    model_dir = save_python_function(name, func)
-    try:
-        clipper_conn.build_and_deploy_model(
+    with model_directory(name) as model_dir:
+        save_python_function(model_dir, func)
+        deploy_directory(
+            clipper_conn,
             name,
             version,
             input_type,
@@ -91,5 +92,3 @@ def deploy_python_closure(
             batch_size,
             pkgs_to_install,
         )
-    finally:
-        shutil.rmtree(model_dir, ignore_errors=True)

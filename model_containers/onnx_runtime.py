@@ -1,0 +1,54 @@
+"""The ONNX runtime: an ONNX graph run by onnxruntime, one session call per batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_containers.manifest import ModelManifest
+from model_containers.model import ModelLoadError
+from model_containers.tensor import TensorModel
+
+ONNX_FILE = "model.onnx"
+
+
+class OnnxModel(TensorModel):
+    runtime_name = "onnx"
+
+    def __init__(self, model_dir: Path, manifest: ModelManifest) -> None:
+        super().__init__(model_dir, manifest)
+        self._threads = int(manifest.options.get("intra_op_threads") or 0)
+        self._output_name: str | None = manifest.options.get("output_name")
+        self._session: Any = None
+        self._input_name = ""
+
+    def load(self) -> None:
+        try:
+            import onnxruntime
+        except ImportError as e:
+            raise ModelLoadError(
+                "This model needs onnxruntime, which this container does not have: deploy it "
+                "with the onnx base image (base_image='default') or pkgs_to_install=['onnxruntime']"
+            ) from e
+        options = onnxruntime.SessionOptions()
+        if self._threads:
+            options.intra_op_num_threads = self._threads
+        self._session = onnxruntime.InferenceSession(
+            str(self.model_dir / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+        )
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelLoadError(f"the ONNX graph must have one input, it has {len(inputs)}")
+        self._input_name = inputs[0].name
+        outputs = [o.name for o in self._session.get_outputs()]
+        if self._output_name is not None and self._output_name not in outputs:
+            raise ModelLoadError(f"output {self._output_name!r} is not among {outputs}")
+        self.warm_up()
+        self.ready = True
+
+    def run(self, batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        names = [self._output_name] if self._output_name else None
+        result = self._session.run(names, {self._input_name: batch})[0]
+        return np.asarray(result)
