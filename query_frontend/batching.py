@@ -7,6 +7,7 @@ import heapq
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,11 +30,15 @@ class QueryFailed(Exception):
 
 
 class QueryExpired(Exception):
-    """The query's deadline passed before it could be sent."""
+    """The query's deadline passed, or would pass, before the model could answer it."""
 
 
 class NoReplicas(Exception):
     """The model version lost its last replica while the query waited."""
+
+
+class Overloaded(Exception):
+    """The queue already holds more work than the model can finish within the query's SLO."""
 
 
 @dataclass(order=True, slots=True)
@@ -42,85 +47,252 @@ class Query:
     seq: int
     item: bytes = field(compare=False)
     future: asyncio.Future[str] = field(compare=False)
-    enqueued_at: float = field(compare=False, default_factory=time.monotonic)
+
+
+class LatencyModel:
+    """Batch latency as fixed + per_item * size, fitted by least squares on recent batches.
+
+    A batch far slower than predicted (a cold first call, a pause) is left out of the fit once
+    the model has enough samples to tell.
+    """
+
+    TRUSTED_AFTER = 8
+    OUTLIER_FACTOR = 4.0
+
+    def __init__(self, window: int = 64) -> None:
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self.fixed_s = 0.0
+        self.per_item_s = 0.0
+        self.best_rate_per_s = 0.0
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self._samples)
+
+    @property
+    def trusted(self) -> bool:
+        return len(self._samples) >= self.TRUSTED_AFTER
+
+    def observe(self, size: int, latency_s: float) -> None:
+        if self.trusted and latency_s > self.OUTLIER_FACTOR * self.predict_s(size):
+            return
+        if len(self._samples) == 1 and latency_s * self.OUTLIER_FACTOR < self._samples[0][1]:
+            self._samples.clear()  # the first batch was a cold start: forget it
+        self._samples.append((size, latency_s))
+        self.best_rate_per_s = max(
+            (n / t for n, t in self._samples if t > 0), default=self.best_rate_per_s
+        )
+        n = len(self._samples)
+        mean_x = sum(x for x, _ in self._samples) / n
+        mean_y = sum(y for _, y in self._samples) / n
+        var_x = sum((x - mean_x) ** 2 for x, _ in self._samples)
+        if var_x == 0:
+            # One size seen so far: charge it all per item, which overestimates larger batches
+            # and so grows them cautiously.
+            self.fixed_s, self.per_item_s = 0.0, mean_y / mean_x
+            return
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in self._samples) / var_x
+        self.per_item_s = max(slope, 0.0)
+        self.fixed_s = max(mean_y - self.per_item_s * mean_x, 0.0)
+
+    def predict_s(self, size: int) -> float:
+        return self.fixed_s + self.per_item_s * size
+
+    def largest_size_within(self, budget_s: float, cap: int) -> int:
+        if not self.fitted:
+            return 1
+        if self.per_item_s <= 0:
+            return cap
+        return max(1, min(cap, int((budget_s - self.fixed_s) / self.per_item_s)))
+
+
+class BatchPolicy:
+    """Chooses batch sizes for one model version, shared by the workers of its replicas.
+
+    The size is the largest whose predicted latency fits the remaining budget of the most
+    urgent query (with a safety margin), up to the registered batch_size, or up to
+    max_adaptive_size when it is -1. Queries that would finish after their deadline in the
+    chosen batch are shed instead of sent.
+    """
+
+    SAFETY = 0.85
+
+    def __init__(self, batch_size: int, max_adaptive_size: int, max_wait_s: float) -> None:
+        self.max_adaptive_size = max_adaptive_size
+        self.max_wait_s = max_wait_s
+        self.latency = LatencyModel()
+        self.set_batch_size(batch_size)
+
+    def set_batch_size(self, batch_size: int) -> None:
+        self.fixed = batch_size > 0
+        self.cap = batch_size if self.fixed else self.max_adaptive_size
+
+    def target_size(self, budget_s: float) -> int:
+        if self.fixed and not self.latency.fitted:
+            return self.cap  # a registered size is tried as is until batches say otherwise
+        return self.latency.largest_size_within(budget_s * self.SAFETY, self.cap)
+
+    def observe(self, size: int, latency_s: float) -> None:
+        self.latency.observe(size, latency_s)
 
 
 class ModelQueue:
-    """The queries waiting for one model version, earliest deadline first."""
+    """The queries waiting for one model version, earliest deadline first.
 
-    def __init__(self, model_name: str, model_version: str, input_type: InputType) -> None:
+    A timer on the head's deadline sheds expired queries at once, even while every replica is
+    busy, so no expired query is ever sent and none holds queue space.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str,
+        input_type: InputType,
+        policy: BatchPolicy,
+        max_len: int,
+    ) -> None:
         self.model_name = model_name
         self.model_version = model_version
         self.input_type = input_type
-        self.batch_size = -1
+        self.policy = policy
+        self.max_len = max_len
+        self.num_workers = 0
         self._heap: list[Query] = []
         self._seq = itertools.count()
-        self._nonempty = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline = float("inf")
+        # Smoothed gap between arrivals, to judge whether waiting for more work pays.
+        self._arrival_gap_s = float("inf")
+        self._last_arrival = 0.0
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def put(self, item: bytes, deadline: float, future: asyncio.Future[str]) -> None:
+        """Queues a query; raises Overloaded when it could not be answered within its deadline."""
+        now = time.monotonic()
+        if len(self._heap) >= self.max_len or self._expected_wait_s() > deadline - now:
+            raise Overloaded()
+        if self._last_arrival:
+            gap = now - self._last_arrival
+            first = self._arrival_gap_s == float("inf")
+            self._arrival_gap_s = gap if first else 0.9 * self._arrival_gap_s + 0.1 * gap
+        self._last_arrival = now
         heapq.heappush(self._heap, Query(deadline, next(self._seq), item, future))
-        self._nonempty.set()
+        self._on_change()
+
+    def _expected_wait_s(self) -> float:
+        """How long a new query would wait, at the best rate the replicas have shown or the
+        fitted model promises at full batches; 0 until the model is trusted."""
+        latency = self.policy.latency
+        if not latency.trusted or not self._heap:
+            return 0.0
+        cap = self.policy.cap
+        rate_per_replica = max(latency.best_rate_per_s, cap / max(latency.predict_s(cap), 1e-9))
+        return len(self._heap) / (rate_per_replica * max(self.num_workers, 1)) + latency.predict_s(
+            1
+        )
 
     def requeue(self, queries: list[Query]) -> None:
         for query in queries:
             if not query.future.done():
                 heapq.heappush(self._heap, query)
+        self._on_change()
+
+    def _on_change(self) -> None:
+        self._changed.set()
+        if self._heap and self._heap[0].deadline < self._timer_deadline:
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_deadline = None, float("inf")
         if self._heap:
-            self._nonempty.set()
+            self._timer_deadline = self._heap[0].deadline
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(self._timer_deadline, self._shed_expired)
 
-    async def take(self, max_size: Callable[[], int]) -> list[Query]:
-        """Waits for work, drops what has expired, and returns up to max_size() queries.
+    def _shed_expired(self) -> None:
+        self._timer, self._timer_deadline = None, float("inf")
+        now = time.monotonic()
+        while self._heap and (self._heap[0].deadline <= now or self._heap[0].future.done()):
+            query = heapq.heappop(self._heap)
+            if not query.future.done():
+                query.future.set_exception(QueryExpired())
+        self._arm_timer()
 
-        The size is asked for once work is there, so a change made while waiting applies.
-        """
+    async def take(self) -> list[Query]:
+        """Waits for work and returns the next batch, sized by the policy."""
         while True:
             while not self._heap:
-                self._nonempty.clear()
-                await self._nonempty.wait()
-            limit = max_size()
-            now = time.monotonic()
-            batch: list[Query] = []
-            while self._heap and len(batch) < limit:
-                query = heapq.heappop(self._heap)
-                if query.future.done():
-                    continue  # answered elsewhere (a twin, or a failure) while it waited
-                if query.deadline <= now:
-                    query.future.set_exception(QueryExpired())
+                self._changed.clear()
+                await self._changed.wait()
+            while self._heap and self._heap[0].future.done():
+                heapq.heappop(self._heap)  # answered elsewhere (a twin, or a failure)
+            if not self._heap:
+                continue
+            budget_s = self._heap[0].deadline - time.monotonic()
+            target = self.policy.target_size(budget_s)
+            if len(self._heap) < target:
+                await self._wait_for_more(target, budget_s)
+                if not self._heap:
                     continue
-                batch.append(query)
+            batch = self._pop_batch(target)
             if batch:
                 return batch
+
+    async def _wait_for_more(self, target: int, budget_s: float) -> None:
+        """Waits for the batch to fill while the budget allows and arrivals make it pay."""
+        latency = self.policy.latency
+        slack_s = budget_s * BatchPolicy.SAFETY - latency.predict_s(target)
+        wait_s = min(slack_s, self.policy.max_wait_s, latency.fixed_s)
+        # Wait only if another query is expected within the wait.
+        if wait_s <= 0 or self._arrival_gap_s > wait_s:
+            return
+        deadline = time.monotonic() + wait_s
+        while len(self._heap) < target:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _pop_batch(self, target: int) -> list[Query]:
+        now = time.monotonic()
+        latency = self.policy.latency
+        size = min(target, len(self._heap))
+        finish = now + latency.predict_s(size) if latency.trusted else now
+        batch: list[Query] = []
+        late: list[Query] = []
+        while self._heap and len(batch) < target:
+            query = heapq.heappop(self._heap)
+            if query.future.done():
+                continue
+            if query.deadline <= finish:
+                late.append(query)
+            else:
+                batch.append(query)
+        if not batch and late:
+            # Send one anyway: a batch keeps the latency model learning, so a wrong
+            # prediction cannot shed every query from now on.
+            batch.append(late.pop())
+        for query in late:
+            # It would be answered after its deadline: answer it with the default now.
+            query.future.set_exception(QueryExpired())
+        self._arm_timer()
+        return batch
 
     def fail_all(self, error: Exception) -> None:
         for query in self._heap:
             if not query.future.done():
                 query.future.set_exception(error)
         self._heap.clear()
-
-
-class BatchSizer:
-    """Chooses the next batch size for one replica.
-
-    A registered batch_size is used as is (a maximum: a shallow queue sends less). For -1 the
-    size grows additively while batches finish inside the tightest deadline they carried and
-    halves when one does not (AIMD).
-    """
-
-    def __init__(self, fixed_size: int, max_adaptive_size: int) -> None:
-        self._fixed = fixed_size if fixed_size > 0 else None
-        self._max = max_adaptive_size
-        self.size = self._fixed or 1
-
-    def observe(self, batch_len: int, finished_at: float, earliest_deadline: float) -> None:
-        if self._fixed is not None:
-            return
-        if finished_at > earliest_deadline:
-            self.size = max(1, self.size // 2)
-        elif batch_len >= self.size:
-            self.size = min(self._max, self.size + 1)
+        self._arm_timer()
 
 
 @dataclass
@@ -170,14 +342,12 @@ class ReplicaWorker:
         replica_key: str,
         queue: ModelQueue,
         client: ReplicaClient,
-        sizer: BatchSizer,
         on_batch: BatchObserver,
         on_gone: ReplicaGoneCallback,
     ) -> None:
         self.replica_key = replica_key
         self._queue = queue
         self._client = client
-        self.sizer = sizer
         self._on_batch = on_batch
         self._on_gone = on_gone
         self._task: asyncio.Task[None] | None = None
@@ -196,7 +366,7 @@ class ReplicaWorker:
 
     async def _run(self) -> None:
         while True:
-            batch = await self._queue.take(lambda: self.sizer.size)
+            batch = await self._queue.take()
             try:
                 replica_alive = await self._send(batch)
             except asyncio.CancelledError:
@@ -234,7 +404,7 @@ class ReplicaWorker:
             )
             return True
         finished = time.monotonic()
-        self.sizer.observe(len(batch), finished, min(q.deadline for q in batch))
+        self._queue.policy.observe(len(batch), finished - started)
         self._on_batch(
             self._queue.model_name,
             self._queue.model_version,

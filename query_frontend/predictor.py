@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from management.input_types import parse_input_type
-from query_frontend.batching import BatchStats, QueryExpired, QueryFailed
+from query_frontend.batching import BatchStats, Overloaded, QueryExpired, QueryFailed
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import PredictRequest, output_value, parse_predict_request
 from query_frontend.errors import NOT_FOUND, QUERY_PROCESSING_ERROR, QueryError
@@ -18,6 +18,9 @@ from query_frontend.metrics import MetricsRegistry
 from query_frontend.routing import Router
 
 NO_MODELS_EXPLANATION = "No connected models found for query"
+OVERLOADED_EXPLANATION = (
+    "Model is overloaded: its queue holds more work than it can finish within the latency SLO"
+)
 SLO_EXPLANATION = "Failed to retrieve a prediction response within the specified latency SLO"
 
 
@@ -78,7 +81,7 @@ class Predictor:
         futures: list[asyncio.Future[str] | None] = []
         deadline = started + app.latency_slo_micros / 1e6
         queue = self._router.queue(name, version)
-        hits = 0
+        hits = overloaded = 0
         for item in request.inputs:
             key = (name, version, item)
             future = self._cache.lookup(key)
@@ -86,11 +89,17 @@ class Predictor:
                 hits += 1
             if future is None and queue is not None:
                 future = self._cache.start(key)
-                queue.put(item, deadline, future)
+                try:
+                    queue.put(item, deadline, future)
+                except Overloaded as e:
+                    future.set_exception(e)
+                    overloaded += 1
             futures.append(future)
         self._metrics.ratio(f"model:{name}:{version}:cache_hit_ratio").increment(
             hits, len(request.inputs)
         )
+        if overloaded:
+            self._metrics.counter(f"model:{name}:{version}:overloaded").increment(overloaded)
         pending = [f for f in futures if f is not None and not f.done()]
         if pending:
             await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
@@ -145,6 +154,8 @@ class Predictor:
             return Prediction(query_id, default, True, SLO_EXPLANATION)
         if isinstance(error, QueryFailed):
             return Prediction(query_id, default, True, f"Model failed to predict: {error}")
+        if isinstance(error, Overloaded):
+            return Prediction(query_id, default, True, OVERLOADED_EXPLANATION)
         return Prediction(query_id, default, True, NO_MODELS_EXPLANATION)
 
     def _record(

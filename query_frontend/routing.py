@@ -12,7 +12,7 @@ from management.input_types import parse_input_type
 from management.store import AppRecord, ClusterState, ModelRecord, ReplicaRecord, Store
 from query_frontend.batching import (
     BatchObserver,
-    BatchSizer,
+    BatchPolicy,
     ModelQueue,
     NoReplicas,
     ReplicaClient,
@@ -31,9 +31,17 @@ def _replica_key(replica: ReplicaRecord) -> str:
 class Router:
     """Applies each new cluster state: queues per model version, workers per replica."""
 
-    def __init__(self, on_batch: BatchObserver, max_adaptive_batch_size: int) -> None:
+    def __init__(
+        self,
+        on_batch: BatchObserver,
+        max_adaptive_batch_size: int,
+        max_batch_wait_s: float,
+        max_queue_len: int,
+    ) -> None:
         self._on_batch = on_batch
         self._max_adaptive_batch_size = max_adaptive_batch_size
+        self._max_batch_wait_s = max_batch_wait_s
+        self._max_queue_len = max_queue_len
         self.state = ClusterState(-1, {}, {}, {}, {}, [])
         self._queues: dict[ModelId, ModelQueue] = {}
         self._workers: dict[str, tuple[ModelId, ReplicaWorker]] = {}
@@ -73,14 +81,8 @@ class Router:
                 self._add_worker(key, replica)
         for model_id, queue in self._queues.items():
             model = state.models.get(model_id)
-            if model is not None and model.batch_size != queue.batch_size:
-                queue.batch_size = model.batch_size
-                for worker_model, worker in self._workers.values():
-                    if worker_model == model_id:
-                        worker.sizer = self._sizer(model.batch_size)
-
-    def _sizer(self, batch_size: int) -> BatchSizer:
-        return BatchSizer(batch_size, self._max_adaptive_batch_size)
+            if model is not None:
+                queue.policy.set_batch_size(model.batch_size)
 
     def _add_worker(self, key: str, replica: ReplicaRecord) -> None:
         model_id = (replica.model_name, replica.model_version)
@@ -91,24 +93,25 @@ class Router:
             except ValueError:
                 logger.error("replica %s has an unknown input type %r", key, replica.input_type)
                 return
-            queue = self._queues[model_id] = ModelQueue(*model_id, input_type)
-        model = self.state.models.get(model_id)
-        batch_size = model.batch_size if model else -1
-        queue.batch_size = batch_size
+            model = self.state.models.get(model_id)
+            policy = BatchPolicy(
+                model.batch_size if model else -1,
+                self._max_adaptive_batch_size,
+                self._max_batch_wait_s,
+            )
+            queue = ModelQueue(*model_id, input_type, policy, self._max_queue_len)
+            self._queues[model_id] = queue
         worker = ReplicaWorker(
-            key,
-            queue,
-            ReplicaClient(replica.address),
-            self._sizer(batch_size),
-            self._on_batch,
-            self.replica_gone,
+            key, queue, ReplicaClient(replica.address), self._on_batch, self.replica_gone
         )
         self._workers[key] = (model_id, worker)
+        queue.num_workers += 1
         worker.start()
         logger.info("replica %s joined", key)
 
     def _remove_worker(self, key: str) -> None:
         model_id, worker = self._workers.pop(key)
+        self._queues[model_id].num_workers -= 1
         asyncio.get_running_loop().create_task(worker.stop())
         logger.info("replica %s left", key)
         if self.num_replicas(*model_id) == 0:

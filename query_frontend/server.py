@@ -95,7 +95,12 @@ def create_app(settings: FrontendSettings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=256 * 1024 * 1024)
     registry = MetricsRegistry()
     cache = PredictionCache(settings.prediction_cache_size_bytes)
-    router = Router(partial(record_batch, registry), settings.max_adaptive_batch_size)
+    router = Router(
+        partial(record_batch, registry),
+        settings.max_adaptive_batch_size,
+        settings.max_batch_wait_s,
+        settings.max_queue_len,
+    )
     redis = aioredis.Redis(
         host=settings.redis_host, port=settings.redis_port, decode_responses=True
     )

@@ -15,8 +15,13 @@ class FrontendSettings(BaseSettings):
     prediction_cache_size_bytes: int = DEFAULT_PREDICTION_CACHE_SIZE_BYTES
     # A full re-read of the cluster state, in case a change event was lost.
     resync_interval_s: float = 5.0
-    # Largest batch the adaptive sizer may choose when an app registers batch_size -1.
+    # Largest batch the adaptive policy may choose for a model registered with batch_size -1.
     max_adaptive_batch_size: int = 256
+    # Longest a replica waits for a shallow queue to fill a batch (only when arrivals and the
+    # deadline budget make waiting pay).
+    max_batch_wait_s: float = 0.005
+    # Queries one model version may hold waiting; beyond it, new ones get an overload default.
+    max_queue_len: int = 10000
     # A pipe the parent passed: "ready <port>" is written to it once the server listens.
     ready_fd: int | None = None
     log_level: str = "INFO"

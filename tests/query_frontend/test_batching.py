@@ -1,0 +1,136 @@
+"""The scheduler's parts on a real event loop: latency fit, batch sizes, expiry, overload."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from management.input_types import InputType
+from query_frontend.batching import (
+    BatchPolicy,
+    LatencyModel,
+    ModelQueue,
+    Overloaded,
+    QueryExpired,
+)
+
+
+def _queue(batch_size: int = -1, max_len: int = 1000, max_wait_s: float = 0.0) -> ModelQueue:
+    policy = BatchPolicy(batch_size, max_adaptive_size=64, max_wait_s=max_wait_s)
+    queue = ModelQueue("m", "1", InputType.DOUBLES, policy, max_len)
+    queue.num_workers = 1
+    return queue
+
+
+def _future() -> asyncio.Future[str]:
+    return asyncio.get_running_loop().create_future()
+
+
+def test_latency_model_fits_fixed_and_per_item_cost() -> None:
+    model = LatencyModel()
+    for size in (1, 2, 4, 8, 16, 1, 4, 16):
+        model.observe(size, 0.010 + 0.002 * size)
+    assert model.fixed_s == pytest.approx(0.010, rel=1e-6)
+    assert model.per_item_s == pytest.approx(0.002, rel=1e-6)
+    assert model.largest_size_within(0.050, cap=64) == 20
+    assert model.largest_size_within(0.050, cap=8) == 8
+    assert model.largest_size_within(0.001, cap=64) == 1
+
+
+def test_latency_model_forgets_a_cold_start_and_ignores_outliers() -> None:
+    model = LatencyModel()
+    model.observe(1, 2.0)  # first call: imports, allocations
+    model.observe(1, 0.01)
+    assert model.predict_s(1) == pytest.approx(0.01)
+    for _ in range(10):
+        model.observe(2, 0.02)
+    model.observe(2, 5.0)  # a pause far beyond the prediction
+    assert model.predict_s(2) == pytest.approx(0.02, rel=0.01)
+
+
+def test_fixed_batch_size_is_used_before_any_measurement() -> None:
+    assert BatchPolicy(9, 64, 0.0).target_size(30.0) == 9
+    assert BatchPolicy(-1, 64, 0.0).target_size(30.0) == 1
+
+
+async def test_batches_take_earliest_deadlines_first_up_to_the_target() -> None:
+    queue = _queue(batch_size=3)
+    now = time.monotonic()
+    futures = [_future() for _ in range(5)]
+    for i, deadline in enumerate([5.0, 1.0, 4.0, 2.0, 3.0]):
+        queue.put(str(i).encode(), now + deadline, futures[i])
+    batch = await queue.take()
+    assert [q.item for q in batch] == [b"1", b"3", b"4"]
+    assert len(queue) == 2
+
+
+async def test_expired_queries_are_shed_while_no_worker_takes_them() -> None:
+    queue = _queue()
+    future = _future()
+    queue.put(b"x", time.monotonic() + 0.05, future)
+    # No worker calls take(): the queue's own timer answers the query at its deadline.
+    with pytest.raises(QueryExpired):
+        await asyncio.wait_for(future, 1.0)
+    assert len(queue) == 0
+
+
+async def test_queries_that_would_finish_late_are_shed_not_sent() -> None:
+    queue = _queue()
+    for _ in range(10):
+        queue.policy.observe(1, 0.2)  # trusted: a batch of one takes 200 ms
+    late, on_time = _future(), _future()
+    now = time.monotonic()
+    queue.put(b"late", now + 0.1, late)
+    queue.put(b"on-time", now + 5.0, on_time)
+    batch = await queue.take()
+    assert [q.item for q in batch] == [b"on-time"]
+    with pytest.raises(QueryExpired):
+        late.result()
+
+
+async def test_a_batch_is_sent_even_if_all_look_late() -> None:
+    queue = _queue()
+    for _ in range(10):
+        queue.policy.observe(1, 1.0)
+    future = _future()
+    queue.put(b"x", time.monotonic() + 0.5, future)
+    batch = await queue.take()
+    assert [q.item for q in batch] == [b"x"]
+
+
+async def test_overload_is_refused_at_once() -> None:
+    queue = _queue(max_len=3)
+    for _ in range(3):
+        queue.put(b"x", time.monotonic() + 10, _future())
+    with pytest.raises(Overloaded):
+        queue.put(b"x", time.monotonic() + 10, _future())
+
+
+async def test_work_beyond_the_measured_rate_is_refused() -> None:
+    queue = _queue(batch_size=1)
+    for _ in range(10):
+        queue.policy.observe(1, 0.1)  # 10 queries per second
+    for _ in range(5):
+        queue.put(b"x", time.monotonic() + 10, _future())
+    with pytest.raises(Overloaded):
+        queue.put(b"x", time.monotonic() + 0.3, _future())  # would wait about 0.6 s
+    queue.put(b"x", time.monotonic() + 5, _future())
+
+
+async def test_a_shallow_queue_waits_briefly_for_a_fuller_batch() -> None:
+    queue = _queue(max_wait_s=0.2)
+    for size in (1, 2, 4, 8, 1, 2, 4, 8):
+        queue.policy.observe(size, 0.1 + 0.001 * size)  # high fixed cost: batching pays
+    now = time.monotonic()
+    for _ in range(3):  # arrivals 1 ms apart
+        queue.put(b"early", now + 10, _future())
+        await asyncio.sleep(0.001)
+    taker = asyncio.create_task(queue.take())
+    await asyncio.sleep(0.02)
+    assert not taker.done()
+    for _ in range(40):
+        queue.put(b"late", time.monotonic() + 10, _future())
+    batch = await asyncio.wait_for(taker, 1.0)
+    assert len(batch) > 3

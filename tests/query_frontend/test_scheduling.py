@@ -1,0 +1,92 @@
+"""Scheduling against real replicas: retries when a replica dies mid-batch, shedding, expiry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipper_admin import ClipperConnection
+from clipper_admin.deployers.python import create_endpoint
+from query_frontend.predictor import OVERLOADED_EXPLANATION, SLO_EXPLANATION
+from tests.conftest import predict
+
+
+def _replica_pids(conn: ClipperConnection, model: str) -> list[int]:
+    directory = Path(conn.cm.cluster_dir) / "replicas" / model  # type: ignore[attr-defined]
+    return [json.loads(p.read_text())["pid"] for p in directory.glob("*/*.json")]
+
+
+def test_a_replica_killed_mid_batch_loses_no_query(clipper_conn: ClipperConnection) -> None:
+    def slow_pid(xs: np.ndarray) -> list[int]:
+        time.sleep(1.0)
+        return [os.getpid()] * len(xs)
+
+    create_endpoint(
+        clipper_conn, "retry", "doubles", slow_pid, slo_micros=20_000_000, num_replicas=2,
+        batch_size=5,
+    )  # fmt: skip
+    pids = _replica_pids(clipper_conn, "retry")
+    result: dict[str, Any] = {}
+
+    def send() -> None:
+        inputs = [[float(i)] for i in range(10)]
+        result["response"] = predict(clipper_conn, "retry", {"input_batch": inputs})
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(0.4)  # both replicas are inside their 1 s batch now
+    os.kill(pids[0], signal.SIGKILL)
+    sender.join(30)
+    outputs = result["response"]["batch_predictions"]
+    assert [p["default"] for p in outputs] == [False] * 10
+    assert {p["output"] for p in outputs} == {pids[1]}
+
+
+def test_overload_is_shed_with_an_explanation_and_answers_stay_within_the_slo(
+    clipper_conn: ClipperConnection,
+) -> None:
+    def busy(xs: np.ndarray) -> list[float]:
+        time.sleep(0.02 * len(xs))
+        return [float(x[0]) for x in xs]
+
+    create_endpoint(clipper_conn, "busy", "doubles", busy, default_output="-1",
+                    slo_micros=200_000, batch_size=1)  # fmt: skip
+    for i in range(12):  # enough batches for the frontend to trust its latency model
+        assert predict(clipper_conn, "busy", {"input": [float(i)]})["default"] is False
+    started = time.monotonic()
+    response = predict(clipper_conn, "busy", {"input_batch": [[1000.0 + i] for i in range(200)]})
+    elapsed = time.monotonic() - started
+    outputs = response["batch_predictions"]
+    answered = [p for p in outputs if not p["default"]]
+    explanations = {p["default_explanation"] for p in outputs if p["default"]}
+    assert 2 <= len(answered) <= 15  # about 200 ms of 20 ms batches
+    assert explanations <= {OVERLOADED_EXPLANATION, SLO_EXPLANATION}
+    assert OVERLOADED_EXPLANATION in explanations
+    assert elapsed < 0.5
+    counters = {k: v for e in clipper_conn.inspect_instance()["counters"] for k, v in e.items()}
+    assert int(counters["model:busy:1:overloaded"]["count"]) >= 150
+
+
+def test_expired_queries_are_never_sent(clipper_conn: ClipperConnection, tmp_path: Path) -> None:
+    seen = tmp_path / "seen.txt"
+
+    def record(xs: np.ndarray) -> list[int]:
+        with seen.open("a") as f:
+            f.write(f"{len(xs)}\n")
+        time.sleep(0.3)
+        return [1] * len(xs)
+
+    create_endpoint(clipper_conn, "expiry", "doubles", record, slo_micros=500_000, batch_size=1)
+    response = predict(clipper_conn, "expiry", {"input_batch": [[float(i)] for i in range(20)]})
+    defaults = [p for p in response["batch_predictions"] if p["default"]]
+    assert len(defaults) >= 17
+    time.sleep(1.0)  # anything left in the queue would reach the model now
+    sent = sum(int(n) for n in seen.read_text().split())
+    assert sent <= 3
