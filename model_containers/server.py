@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -85,6 +85,27 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     async def Predict(
         self, request: model_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.PredictResponse:
+        return await self._predict(request)
+
+    async def PredictStream(
+        self,
+        request_iterator: AsyncIterator[model_pb2.PredictRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[model_pb2.PredictResponse]:
+        async for request in request_iterator:
+            try:
+                yield await self._predict(request)
+            except ReplicaError as e:
+                kind = (
+                    model_pb2.BatchError.INVALID_ARGUMENT
+                    if e.code == grpc.StatusCode.INVALID_ARGUMENT
+                    else model_pb2.BatchError.INTERNAL
+                )
+                yield model_pb2.PredictResponse(
+                    error=model_pb2.BatchError(kind=kind, message=e.message)
+                )
+
+    async def _predict(self, request: model_pb2.PredictRequest) -> model_pb2.PredictResponse:
         if request.input_type != int(self._input_type):
             raise ReplicaError(
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -307,8 +308,12 @@ BatchObserver = Callable[[str, str, BatchStats], None]
 ReplicaGoneCallback = Callable[[str], None]
 
 
+class BatchRejected(Exception):
+    """The replica answered that the whole batch failed; the message says why."""
+
+
 class ReplicaClient:
-    """The gRPC channel to one replica."""
+    """One long-lived PredictStream to one replica, carrying one batch at a time."""
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -320,17 +325,43 @@ class ReplicaClient:
             ],
         )
         self._stub = model_pb2_grpc.ModelServiceStub(self._channel)
+        self._stream: Any = None
 
     async def predict(
         self, input_type: InputType, items: list[bytes], timeout_s: float
     ) -> model_pb2.PredictResponse:
+        """Sends one batch and waits for its answer; raises BatchRejected if the batch failed
+        and grpc.aio.AioRpcError if the replica is unreachable."""
         request = model_pb2.PredictRequest(
             input_type=model_pb2.InputType.ValueType(int(input_type)), inputs=items
         )
-        response: model_pb2.PredictResponse = await self._stub.Predict(request, timeout=timeout_s)
-        return response
+        if self._stream is None:
+            self._stream = self._stub.PredictStream()
+        stream = self._stream
+        try:
+            await stream.write(request)
+            response = await asyncio.wait_for(stream.read(), timeout_s)
+        except BaseException:
+            # A stream in an unknown state is not reused: the next batch opens a new one.
+            self._stream = None
+            stream.cancel()
+            raise
+        if response is grpc.aio.EOF:
+            self._stream = None
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details="the replica closed the stream",
+            )
+        if response.HasField("error"):
+            raise BatchRejected(response.error.message)
+        result: model_pb2.PredictResponse = response
+        return result
 
     async def close(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
         await self._channel.close()
 
 
@@ -384,6 +415,12 @@ class ReplicaWorker:
             response = await self._client.predict(
                 self._queue.input_type, items, latest - started + RPC_GRACE_S
             )
+        except BatchRejected as e:
+            _fail(batch, str(e))
+            return True
+        except TimeoutError:
+            _fail(batch, f"the replica did not answer within {RPC_GRACE_S:.0f} s past the deadline")
+            return True
         except grpc.aio.AioRpcError as e:
             if e.code() in _REPLICA_GONE:
                 logger.warning(

@@ -24,25 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63lipper_protos/model.proto\x12\nclipper.v1\"K\n\x0ePredictRequest\x12)\n\ninput_type\x18\x01 \x01(\x0e\x32\x15.clipper.v1.InputType\x12\x0e\n\x06inputs\x18\x02 \x03(\x0c\"4\n\x06Output\x12\x0f\n\x05value\x18\x01 \x01(\tH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\tH\x00\x42\x08\n\x06result\"6\n\x0fPredictResponse\x12#\n\x07outputs\x18\x01 \x03(\x0b\x32\x12.clipper.v1.Output\"\x12\n\x10ModelInfoRequest\"r\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12)\n\ninput_type\x18\x03 \x01(\x0e\x32\x15.clipper.v1.InputType\x12\x0f\n\x07runtime\x18\x04 \x01(\t*J\n\tInputType\x12\t\n\x05\x42YTES\x10\x00\x12\x0c\n\x08INTEGERS\x10\x01\x12\n\n\x06\x46LOATS\x10\x02\x12\x0b\n\x07\x44OUBLES\x10\x03\x12\x0b\n\x07STRINGS\x10\x04\x32\x97\x01\n\x0cModelService\x12\x42\n\x07Predict\x12\x1a.clipper.v1.PredictRequest\x1a\x1b.clipper.v1.PredictResponse\x12\x43\n\x0cGetModelInfo\x12\x1c.clipper.v1.ModelInfoRequest\x1a\x15.clipper.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63lipper_protos/model.proto\x12\nclipper.v1\"K\n\x0ePredictRequest\x12)\n\ninput_type\x18\x01 \x01(\x0e\x32\x15.clipper.v1.InputType\x12\x0e\n\x06inputs\x18\x02 \x03(\x0c\"4\n\x06Output\x12\x0f\n\x05value\x18\x01 \x01(\tH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\tH\x00\x42\x08\n\x06result\"t\n\nBatchError\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.clipper.v1.BatchError.Kind\x12\x0f\n\x07message\x18\x02 \x01(\t\"*\n\x04Kind\x12\x0c\n\x08INTERNAL\x10\x00\x12\x14\n\x10INVALID_ARGUMENT\x10\x01\"]\n\x0fPredictResponse\x12#\n\x07outputs\x18\x01 \x03(\x0b\x32\x12.clipper.v1.Output\x12%\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.clipper.v1.BatchError\"\x12\n\x10ModelInfoRequest\"r\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12)\n\ninput_type\x18\x03 \x01(\x0e\x32\x15.clipper.v1.InputType\x12\x0f\n\x07runtime\x18\x04 \x01(\t*J\n\tInputType\x12\t\n\x05\x42YTES\x10\x00\x12\x0c\n\x08INTEGERS\x10\x01\x12\n\n\x06\x46LOATS\x10\x02\x12\x0b\n\x07\x44OUBLES\x10\x03\x12\x0b\n\x07STRINGS\x10\x04\x32\xe5\x01\n\x0cModelService\x12\x42\n\x07Predict\x12\x1a.clipper.v1.PredictRequest\x1a\x1b.clipper.v1.PredictResponse\x12L\n\rPredictStream\x12\x1a.clipper.v1.PredictRequest\x1a\x1b.clipper.v1.PredictResponse(\x01\x30\x01\x12\x43\n\x0cGetModelInfo\x12\x1c.clipper.v1.ModelInfoRequest\x1a\x15.clipper.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clipper_protos.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INPUTTYPE']._serialized_start=365
-  _globals['_INPUTTYPE']._serialized_end=439
+  _globals['_INPUTTYPE']._serialized_start=522
+  _globals['_INPUTTYPE']._serialized_end=596
   _globals['_PREDICTREQUEST']._serialized_start=42
   _globals['_PREDICTREQUEST']._serialized_end=117
   _globals['_OUTPUT']._serialized_start=119
   _globals['_OUTPUT']._serialized_end=171
-  _globals['_PREDICTRESPONSE']._serialized_start=173
-  _globals['_PREDICTRESPONSE']._serialized_end=227
-  _globals['_MODELINFOREQUEST']._serialized_start=229
-  _globals['_MODELINFOREQUEST']._serialized_end=247
-  _globals['_MODELINFO']._serialized_start=249
-  _globals['_MODELINFO']._serialized_end=363
-  _globals['_MODELSERVICE']._serialized_start=442
-  _globals['_MODELSERVICE']._serialized_end=593
+  _globals['_BATCHERROR']._serialized_start=173
+  _globals['_BATCHERROR']._serialized_end=289
+  _globals['_BATCHERROR_KIND']._serialized_start=247
+  _globals['_BATCHERROR_KIND']._serialized_end=289
+  _globals['_PREDICTRESPONSE']._serialized_start=291
+  _globals['_PREDICTRESPONSE']._serialized_end=384
+  _globals['_MODELINFOREQUEST']._serialized_start=386
+  _globals['_MODELINFOREQUEST']._serialized_end=404
+  _globals['_MODELINFO']._serialized_start=406
+  _globals['_MODELINFO']._serialized_end=520
+  _globals['_MODELSERVICE']._serialized_start=599
+  _globals['_MODELSERVICE']._serialized_end=828
 # @@protoc_insertion_point(module_scope)

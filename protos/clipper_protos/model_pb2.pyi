@@ -97,20 +97,69 @@ class Output(_message.Message):
 Global___Output: _TypeAlias = Output  # noqa: Y015
 
 @_typing.final
+class BatchError(_message.Message):
+    """Why a whole batch failed. On the stream a failure is a message, not a status, so that the
+    stream stays open for the next batch.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[BatchError._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        INTERNAL: BatchError._Kind.ValueType  # 0
+        """the model raised, or broke the predict contract"""
+        INVALID_ARGUMENT: BatchError._Kind.ValueType  # 1
+        """the request itself was wrong (input type, encoding)"""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    INTERNAL: BatchError.Kind.ValueType  # 0
+    """the model raised, or broke the predict contract"""
+    INVALID_ARGUMENT: BatchError.Kind.ValueType  # 1
+    """the request itself was wrong (input type, encoding)"""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    kind: Global___BatchError.Kind.ValueType
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: Global___BatchError.Kind.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchError: _TypeAlias = BatchError  # noqa: Y015
+
+@_typing.final
 class PredictResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTPUTS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Output]: ...
+    @_builtins.property
+    def error(self) -> Global___BatchError:
+        """Set when the batch failed as a whole; outputs is then empty."""
+
     def __init__(
         self,
         *,
         outputs: _abc.Iterable[Global___Output] | None = ...,
+        error: Global___BatchError | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outputs", b"outputs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -39,6 +39,11 @@ class ModelServiceStub:
                 request_serializer=clipper__protos_dot_model__pb2.PredictRequest.SerializeToString,
                 response_deserializer=clipper__protos_dot_model__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PredictStream = channel.stream_stream(
+                '/clipper.v1.ModelService/PredictStream',
+                request_serializer=clipper__protos_dot_model__pb2.PredictRequest.SerializeToString,
+                response_deserializer=clipper__protos_dot_model__pb2.PredictResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/clipper.v1.ModelService/GetModelInfo',
                 request_serializer=clipper__protos_dot_model__pb2.ModelInfoRequest.SerializeToString,
@@ -50,8 +55,16 @@ class ModelServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Predict(self, request, context):
-        """Fails the whole batch with a gRPC status (INVALID_ARGUMENT for a bad request,
+        """One batch. A failed batch is a gRPC status (INVALID_ARGUMENT for a bad request,
         INTERNAL when the model raised or broke its contract); the replica keeps serving.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictStream(self, request_iterator, context):
+        """The frontend's path: one long-lived stream per replica, one response per request, in
+        order. A message on an open stream costs a fraction of a new call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -68,6 +81,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
+                    request_deserializer=clipper__protos_dot_model__pb2.PredictRequest.FromString,
+                    response_serializer=clipper__protos_dot_model__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictStream,
                     request_deserializer=clipper__protos_dot_model__pb2.PredictRequest.FromString,
                     response_serializer=clipper__protos_dot_model__pb2.PredictResponse.SerializeToString,
             ),
@@ -102,6 +120,33 @@ class ModelService:
             request,
             target,
             '/clipper.v1.ModelService/Predict',
+            clipper__protos_dot_model__pb2.PredictRequest.SerializeToString,
+            clipper__protos_dot_model__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/clipper.v1.ModelService/PredictStream',
             clipper__protos_dot_model__pb2.PredictRequest.SerializeToString,
             clipper__protos_dot_model__pb2.PredictResponse.FromString,
             options,

@@ -37,8 +37,12 @@ class ModelServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ModelServiceAsyncStub: ...
     Predict: _grpc.UnaryUnaryMultiCallable[_model_pb2.PredictRequest, _model_pb2.PredictResponse]
-    """Fails the whole batch with a gRPC status (INVALID_ARGUMENT for a bad request,
+    """One batch. A failed batch is a gRPC status (INVALID_ARGUMENT for a bad request,
     INTERNAL when the model raised or broke its contract); the replica keeps serving.
+    """
+    PredictStream: _grpc.StreamStreamMultiCallable[_model_pb2.PredictRequest, _model_pb2.PredictResponse]
+    """The frontend's path: one long-lived stream per replica, one response per request, in
+    order. A message on an open stream costs a fraction of a new call.
     """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_model_pb2.ModelInfoRequest, _model_pb2.ModelInfo]
 
@@ -46,8 +50,12 @@ class ModelServiceStub:
 class ModelServiceAsyncStub(ModelServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Predict: _aio.UnaryUnaryMultiCallable[_model_pb2.PredictRequest, _model_pb2.PredictResponse]  # type: ignore[assignment]
-    """Fails the whole batch with a gRPC status (INVALID_ARGUMENT for a bad request,
+    """One batch. A failed batch is a gRPC status (INVALID_ARGUMENT for a bad request,
     INTERNAL when the model raised or broke its contract); the replica keeps serving.
+    """
+    PredictStream: _aio.StreamStreamMultiCallable[_model_pb2.PredictRequest, _model_pb2.PredictResponse]  # type: ignore[assignment]
+    """The frontend's path: one long-lived stream per replica, one response per request, in
+    order. A message on an open stream costs a fraction of a new call.
     """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_model_pb2.ModelInfoRequest, _model_pb2.ModelInfo]  # type: ignore[assignment]
 
@@ -58,8 +66,18 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_pb2.PredictRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.PredictResponse, _abc.Awaitable[_model_pb2.PredictResponse]]:
-        """Fails the whole batch with a gRPC status (INVALID_ARGUMENT for a bad request,
+        """One batch. A failed batch is a gRPC status (INVALID_ARGUMENT for a bad request,
         INTERNAL when the model raised or broke its contract); the replica keeps serving.
+        """
+
+    @_abc_1.abstractmethod
+    def PredictStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_model_pb2.PredictRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_model_pb2.PredictResponse], _abc.AsyncIterator[_model_pb2.PredictResponse]]:
+        """The frontend's path: one long-lived stream per replica, one response per request, in
+        order. A message on an open stream costs a fraction of a new call.
         """
 
     @_abc_1.abstractmethod

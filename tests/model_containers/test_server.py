@@ -165,3 +165,25 @@ def test_load_errors_name_the_problem(tmp_path: Path) -> None:
     model = create_model(tmp_path)
     with pytest.raises(ModelLoadError, match=r"Loading func\.pkl failed with"):
         model.load()
+
+
+async def test_the_stream_answers_in_order_and_survives_a_failed_batch(
+    serve: Callable[..., Any],
+) -> None:
+    def model(xs: Any) -> list[float]:
+        if xs[0][0] < 0:
+            raise ValueError("negative")
+        return [float(x[0]) * 2 for x in xs]
+
+    served = await serve(model)
+    stream = served.stub.PredictStream()
+    answers = []
+    for first in (1.0, -1.0, 3.0):
+        await stream.write(_doubles([first], [first + 1]))
+        answers.append(await stream.read())
+    await stream.done_writing()
+    assert [o.value for o in answers[0].outputs] == ["2.0", "4.0"]
+    assert answers[1].error.kind == model_pb2.BatchError.INTERNAL
+    assert answers[1].error.message == "Model raised ValueError: negative"
+    assert not answers[1].outputs
+    assert [o.value for o in answers[2].outputs] == ["6.0", "8.0"]
