@@ -1,0 +1,425 @@
+"""Runs every workload against this system and its alternatives, side by side, and prints a table.
+
+    bench/run [--workloads noop,mlp,efficientnet] [--duration 5] [--server-cpus 1]
+
+Servers (ours, the echo baseline, FastAPI+uvicorn, MLServer) run on --server-cpus, and the load
+generator on the other cores. The limit (the model called in-process at its best batch size)
+is measured on the server cores too. Peers run from the venvs that bench/setup makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import requests
+
+from bench import workloads
+from bench.loadgen import RunResult, clipper_classifier, closed_loop, open_loop, plain_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+VENVS = Path(os.environ.get("BENCH_VENVS", "/opt/bench-venvs"))
+CONCURRENCY = {"noop": [1, 8, 32, 64], "mlp": [1, 8, 32, 64], "efficientnet": [1, 4, 16]}
+LOAD_FRACTIONS = [0.5, 0.8, 1.0, 1.2]
+SLO_MICROS = {"noop": 1_000_000, "mlp": 50_000, "efficientnet": 500_000}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    bodies: list[bytes]
+    classify: Callable[[bytes], tuple[bool, bool]]
+    stop: Callable[[], None]
+    pids: Callable[[], list[int]]
+    batch_size: Callable[[], float] | None = None
+    notes: str = ""
+
+
+@dataclass
+class Row:
+    workload: str
+    server: str
+    load: str
+    result: dict[str, Any]
+    batch: float | None
+    cpu: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _wait_http(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for p in [process, *process.children(recursive=True)]:
+                t = p.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+# Servers
+
+
+def start_ours(workload: str) -> Server:
+    from clipper_admin import ClipperConnection, LocalContainerManager
+    from clipper_admin.deployers import python as python_deployer
+    from clipper_admin.deployers import torchscript
+    from model_containers.image import LITE_MEAN, LITE_STD, ImagePreprocessing
+
+    cluster_dir = tempfile.mkdtemp(prefix="bench-")
+    conn = ClipperConnection(
+        LocalContainerManager(
+            "bench", cluster_dir, clipper_query_port=0, clipper_management_port=0, redis_port=0
+        )
+    )
+    conn.start_clipper()
+    slo = SLO_MICROS[workload]
+    if workload == "noop":
+        python_deployer.create_endpoint(
+            conn, "noop", "doubles", lambda xs: [1] * len(xs), slo_micros=slo
+        )
+        bodies = workloads.encode(workloads.noop_bodies())
+    elif workload == "mlp":
+        model = workloads.build_mlp()
+        python_deployer.create_endpoint(
+            conn, "mlp", "floats", lambda xs: workloads.mlp_predict(model, xs), slo_micros=slo
+        )
+        bodies = workloads.encode(workloads.mlp_bodies())
+    else:
+        torchscript.create_endpoint(
+            conn, "efficientnet", "bytes", workloads.build_efficientnet(), slo_micros=slo,
+            image=ImagePreprocessing(mean=LITE_MEAN, std=LITE_STD), output="argmax",
+        )  # fmt: skip
+        bodies = workloads.encode(workloads.jpeg_bodies())
+    app = workload
+    query = conn.get_query_addr()
+
+    def pids() -> list[int]:
+        records = Path(cluster_dir).glob("**/*.json")
+        found = []
+        for path in records:
+            try:
+                found.append(int(json.loads(path.read_text())["pid"]))
+            except (KeyError, ValueError, TypeError):
+                continue
+        return found
+
+    def batch_size() -> float:
+        metrics = requests.get(f"http://{query}/metrics", timeout=5).json()
+        for entry in metrics["histograms"]:
+            for name, values in entry.items():
+                if name.endswith(":batch_size") and f":{app}:" in f":{name}":
+                    return float(values["mean"])
+        return float("nan")
+
+    def stop() -> None:
+        conn.stop_all(graceful=False)
+        shutil.rmtree(cluster_dir, ignore_errors=True)
+
+    return Server(
+        "ours", f"http://{query}/{app}/predict", bodies, clipper_classifier, stop, pids,
+        batch_size, f"adaptive batching, SLO {slo / 1000:.0f} ms",
+    )  # fmt: skip
+
+
+def _start_process(argv: list[str], url_check: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_http(url_check)
+    except RuntimeError:
+        process.kill()
+        raise RuntimeError(f"{argv} failed: {process.stderr.read().decode()[-2000:]}") from None
+    return process
+
+
+def _stopper(process: subprocess.Popen[bytes]) -> Callable[[], None]:
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    return stop
+
+
+def start_echo(workload: str) -> Server:
+    port = _free_port()
+    process = _start_process(
+        [sys.executable, "bench/echo_server.py", str(port)], f"http://127.0.0.1:{port}/"
+    )
+    return Server(
+        "echo", f"http://127.0.0.1:{port}/noop/predict",
+        workloads.encode(workloads.noop_bodies()), plain_classifier, _stopper(process),
+        lambda: [process.pid], notes="bare aiohttp JSON echo",
+    )  # fmt: skip
+
+
+def start_naive(workload: str) -> Server:
+    python = VENVS / "naive" / "bin" / "python"
+    port = _free_port()
+    process = _start_process(
+        [str(python), "bench/naive_server.py", workload, str(port)], f"http://127.0.0.1:{port}/"
+    )
+    bodies = {
+        "noop": workloads.noop_bodies,
+        "mlp": workloads.mlp_bodies,
+        "efficientnet": workloads.jpeg_bodies,
+    }[workload]()
+    return Server(
+        "fastapi-naive", f"http://127.0.0.1:{port}/{workload}/predict", workloads.encode(bodies),
+        plain_classifier, _stopper(process), lambda: [process.pid],
+        notes="FastAPI+uvicorn, 1 worker, model per request",
+    )  # fmt: skip
+
+
+def start_mlserver(workload: str) -> Server:
+    python = VENVS / "mlserver" / "bin" / "python"
+    home = Path(tempfile.mkdtemp(prefix="mlserver-"))
+    http_port, grpc_port = _free_port(), _free_port()
+    runtime = {"noop": "NoopRuntime", "mlp": "MlpRuntime", "efficientnet": "EfficientNetRuntime"}
+    (home / "settings.json").write_text(json.dumps({
+        "http_port": http_port, "grpc_port": grpc_port, "metrics_endpoint": None,
+        "parallel_workers": 0, "debug": False,
+    }))  # fmt: skip
+    model_dir = home / workload
+    model_dir.mkdir()
+    (model_dir / "model-settings.json").write_text(json.dumps({
+        "name": workload, "implementation": f"bench.mlserver_runtime.{runtime[workload]}",
+        "max_batch_size": 64, "max_batch_time": 0.005,
+    }))  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT}/admin:{ROOT}/protos"}
+    process = subprocess.Popen(
+        [str(python), "-m", "mlserver", "start", str(home)], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready")
+    if workload == "efficientnet":
+        inputs = [b["input"] for b in workloads.jpeg_bodies()]
+        bodies = [
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": [s]}]}
+            for s in inputs
+        ]
+    else:
+        raw = workloads.noop_bodies() if workload == "noop" else workloads.mlp_bodies()
+        bodies = [
+            {"inputs": [{"name": "x", "shape": [1, len(b["input"])], "datatype": "FP32",
+                         "data": b["input"]}]}
+            for b in raw
+        ]  # fmt: skip
+    return Server(
+        "mlserver", f"http://127.0.0.1:{http_port}/v2/models/{workload}/infer",
+        workloads.encode(bodies), plain_classifier, _stopper(process), lambda: [process.pid],
+        notes="MLServer 1.7.1, adaptive batching (max 64, 5 ms), parallel_workers 0",
+    )  # fmt: skip
+
+
+# The limit
+
+
+def measure_limit(workload: str, cpus: set[int], seconds: float) -> dict[str, Any]:
+    """The model called in-process at its best batch size, on the server cores."""
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        if workload == "noop":
+            return {"throughput": float("inf"), "best_batch": None}
+        if workload == "mlp":
+            model = workloads.build_mlp()
+            rng = np.random.default_rng(0)
+
+            def run(n: int) -> None:
+                workloads.mlp_predict(model, rng.random((n, workloads.MLP_INPUT)))
+
+            sizes = [1, 8, 16, 32, 64, 128]
+        else:
+            import torch
+
+            program = workloads.build_efficientnet()
+
+            def run(n: int) -> None:
+                with torch.inference_mode():
+                    program(torch.zeros(n, 3, 224, 224))
+
+            sizes = [1, 2, 4, 8]
+        best = (0.0, 1)
+        for n in sizes:
+            run(n)
+            count, started = 0, time.monotonic()
+            while time.monotonic() - started < seconds / len(sizes):
+                run(n)
+                count += n
+            best = max(best, (count / (time.monotonic() - started), n))
+        return {"throughput": best[0], "best_batch": best[1]}
+    finally:
+        os.sched_setaffinity(0, own)
+
+
+# Runs
+
+
+def _run(server: Server, kind: str, value: float, duration_s: float) -> tuple[RunResult, float]:
+    before = _cpu_seconds(server.pids())
+    started = time.monotonic()
+    if kind == "closed":
+        result = asyncio.run(
+            closed_loop(server.url, server.bodies, int(value), duration_s, server.classify)
+        )
+    else:
+        result = asyncio.run(
+            open_loop(server.url, server.bodies, value, duration_s, server.classify)
+        )
+    cpu = (_cpu_seconds(server.pids()) - before) / (time.monotonic() - started)
+    return result, cpu
+
+
+def bench_server(
+    workload: str, start: Callable[[str], Server], server_cpus: set[int], duration_s: float
+) -> list[Row]:
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, server_cpus)  # what starts now inherits the server cores
+    try:
+        server = start(workload)
+    finally:
+        os.sched_setaffinity(0, own - server_cpus or own)
+    rows = []
+    try:
+        capacity = 0.0
+        for concurrency in CONCURRENCY[workload]:
+            result, cpu = _run(server, "closed", concurrency, duration_s)
+            batch = server.batch_size() if server.batch_size else None
+            rows.append(Row(workload, server.name, f"c={concurrency}", result.summary(), batch,
+                            cpu, {"goodput": result.goodput}))  # fmt: skip
+            capacity = max(capacity, result.goodput)
+            print(f"  {server.name:14} c={concurrency:<4} {result.summary()}", flush=True)
+        for fraction in LOAD_FRACTIONS:
+            rate = capacity * fraction
+            result, cpu = _run(server, "open", rate, duration_s)
+            batch = server.batch_size() if server.batch_size else None
+            label = f"{fraction:.0%} ({rate:.0f}/s)"
+            rows.append(Row(workload, server.name, label, result.summary(), batch, cpu,
+                            {"goodput": result.goodput}))  # fmt: skip
+            print(f"  {server.name:14} {label:16} {result.summary()}", flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def print_table(rows: list[Row], limits: dict[str, dict[str, Any]]) -> None:
+    header = (
+        f"{'workload':12} {'server':14} {'load':16} {'answers/s':>10} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'ans p99':>8} {'default':>8} {'batch':>6} {'cpu':>5}"
+    )
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in rows:
+        batch = f"{r.batch:.1f}" if r.batch is not None and r.batch == r.batch else "-"
+        print(
+            f"{r.workload:12} {r.server:14} {r.load:16} {r.extra['goodput']:10.1f} "
+            f"{r.result['p50_ms']:8.2f} {r.result['p99_ms']:8.2f} "
+            f"{r.result['answered_p99_ms']:8.2f} {r.result['default_ratio']:8.2%} {batch:>6} "
+            f"{r.cpu:5.2f}"
+        )
+    print("\nRatios of ours to each baseline, at saturation (best answers/s over the curve):")
+    for workload in sorted({r.workload for r in rows}):
+        best: dict[str, Row] = {}
+        for r in rows:
+            on_curve = r.workload == workload and r.load.startswith("c=")
+            if on_curve and (
+                r.server not in best or r.extra["goodput"] > best[r.server].extra["goodput"]
+            ):
+                best[r.server] = r
+        if "ours" not in best:
+            continue
+        ours = best["ours"]
+        limit = limits.get(workload, {})
+        if limit.get("throughput", float("inf")) != float("inf"):
+            print(
+                f"  {workload}: limit (in-process, batch {limit['best_batch']}) "
+                f"{limit['throughput']:.1f}/s; ours/limit = "
+                f"{ours.extra['goodput'] / limit['throughput']:.2f}"
+            )
+        for name, other in best.items():
+            if name == "ours":
+                continue
+            speedup = ours.extra["goodput"] / other.extra["goodput"]
+            print(
+                f"  {workload}: ours/{name}: answers/s x{speedup:.2f}"
+                f", p50 x{ours.result['p50_ms'] / other.result['p50_ms']:.2f}"
+                f", p99 x{ours.result['p99_ms'] / other.result['p99_ms']:.2f}"
+                f" (at {ours.load} vs {other.load})"
+            )
+        c1 = {r.server: r for r in rows if r.workload == workload and r.load == "c=1"}
+        if "ours" in c1 and "echo" in c1:
+            added = c1["ours"].result["p50_ms"] - c1["echo"].result["p50_ms"]
+            print(f"  {workload}: added p50 latency over echo at c=1: {added:.2f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", default="noop,mlp,efficientnet")
+    parser.add_argument("--servers", default="ours,echo,fastapi-naive,mlserver")
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--server-cpus", default="1")
+    parser.add_argument("--json", default="")
+    args = parser.parse_args()
+    server_cpus = {int(c) for c in args.server_cpus.split(",")}
+    starters = {
+        "ours": start_ours, "echo": start_echo, "fastapi-naive": start_naive,
+        "mlserver": start_mlserver,
+    }  # fmt: skip
+    rows: list[Row] = []
+    limits: dict[str, dict[str, Any]] = {}
+    for workload in args.workloads.split(","):
+        print(f"== {workload}", flush=True)
+        limits[workload] = measure_limit(workload, server_cpus, args.duration)
+        print(f"  limit {limits[workload]}", flush=True)
+        for name in args.servers.split(","):
+            if name == "echo" and workload != "noop":
+                continue
+            try:
+                rows += bench_server(workload, starters[name], server_cpus, args.duration)
+            except Exception as e:  # a peer that fails to start is reported, not fatal
+                print(f"  {name} failed: {e}", flush=True)
+    print_table(rows, limits)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([r.__dict__ for r in rows] + [{"limits": limits}], indent=1, default=str)
+        )
+
+
+if __name__ == "__main__":
+    main()
