@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +34,34 @@ def model_directory(name: str) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def deploy_directory(
-    clipper_conn: ClipperConnection,
-    name: str,
-    version: object,
-    input_type: str,
-    model_dir: Path,
-    base_image: str,
-    labels: list[str] | None,
-    registry: str | None,
-    num_replicas: int,
-    batch_size: int,
-    pkgs_to_install: list[str] | None,
-) -> None:
-    logger.info("Deploying %s:%s from %s", name, version, model_dir)
-    clipper_conn.build_and_deploy_model(
-        name,
-        version,
-        input_type,
-        str(model_dir),
-        base_image,
-        labels,
-        registry,
-        num_replicas,
-        batch_size,
-        pkgs_to_install,
-    )
+@dataclass(frozen=True)
+class Deployment:
+    """Where and how a saved model directory is deployed: the arguments every deployer takes."""
+
+    name: str
+    version: object
+    input_type: str
+    base_image: str = "default"
+    labels: list[str] | None = None
+    registry: str | None = None
+    num_replicas: int = 1
+    batch_size: int = -1
+    pkgs_to_install: list[str] | None = None
+
+    def run(self, clipper_conn: ClipperConnection, model_dir: Path) -> None:
+        logger.info("Deploying %s:%s from %s", self.name, self.version, model_dir)
+        clipper_conn.build_and_deploy_model(
+            self.name,
+            self.version,
+            self.input_type,
+            str(model_dir),
+            self.base_image,
+            self.labels,
+            self.registry,
+            self.num_replicas,
+            self.batch_size,
+            self.pkgs_to_install,
+        )
 
 
 def create_endpoint_with(

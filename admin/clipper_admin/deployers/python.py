@@ -10,8 +10,8 @@ import cloudpickle
 
 from clipper_admin.clipper_admin import ClipperConnection
 from clipper_admin.deployers.packaging import (
+    Deployment,
     create_endpoint_with,
-    deploy_directory,
     model_directory,
 )
 from model_containers.closure import FUNC_FILE, ClosureModel
@@ -79,16 +79,7 @@ def deploy_python_closure(
     """Deploys func as version `version` of model `name`; it becomes the current version."""
     with model_directory(name) as model_dir:
         save_python_function(model_dir, func)
-        deploy_directory(
-            clipper_conn,
-            name,
-            version,
-            input_type,
-            model_dir,
-            base_image,
-            labels,
-            registry,
-            num_replicas,
-            batch_size,
+        Deployment(
+            name, version, input_type, base_image, labels, registry, num_replicas, batch_size,
             pkgs_to_install,
-        )
+        ).run(clipper_conn, model_dir)  # fmt: skip

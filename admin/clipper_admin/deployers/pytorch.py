@@ -10,8 +10,8 @@ import cloudpickle
 
 from clipper_admin.clipper_admin import ClipperConnection
 from clipper_admin.deployers.packaging import (
+    Deployment,
     create_endpoint_with,
-    deploy_directory,
     model_directory,
 )
 from clipper_admin.exceptions import ClipperException
@@ -100,16 +100,7 @@ def deploy_pytorch_model(
     """Serves pytorch_model: each batch runs func(model, inputs) under torch.inference_mode()."""
     with model_directory(name) as model_dir:
         save_pytorch_model(model_dir, func, pytorch_model, intra_op_threads)
-        deploy_directory(
-            clipper_conn,
-            name,
-            version,
-            input_type,
-            model_dir,
-            base_image,
-            labels,
-            registry,
-            num_replicas,
-            batch_size,
+        Deployment(
+            name, version, input_type, base_image, labels, registry, num_replicas, batch_size,
             pkgs_to_install,
-        )
+        ).run(clipper_conn, model_dir)  # fmt: skip

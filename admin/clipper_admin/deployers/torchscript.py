@@ -8,8 +8,8 @@ from typing import Any
 
 from clipper_admin.clipper_admin import ClipperConnection
 from clipper_admin.deployers.packaging import (
+    Deployment,
     create_endpoint_with,
-    deploy_directory,
     model_directory,
     write_tensor_manifest,
 )
@@ -78,19 +78,10 @@ def deploy_torchscript_model(
                 "intra_op_threads": intra_op_threads,
             },
         )
-        deploy_directory(
-            clipper_conn,
-            name,
-            version,
-            input_type,
-            model_dir,
-            base_image,
-            labels,
-            registry,
-            num_replicas,
-            batch_size,
+        Deployment(
+            name, version, input_type, base_image, labels, registry, num_replicas, batch_size,
             pkgs_to_install,
-        )
+        ).run(clipper_conn, model_dir)  # fmt: skip
 
 
 def create_endpoint(
