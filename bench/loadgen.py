@@ -76,8 +76,10 @@ async def _one(
     classify: Classifier,
     result: RunResult,
     timeout_s: float,
+    started: float | None = None,
 ) -> None:
-    started = time.monotonic()
+    """One request; latency counts from `started` (the scheduled arrival in open loop)."""
+    started = time.monotonic() if started is None else started
     result.sent += 1
     try:
         async with session.post(
@@ -152,24 +154,34 @@ async def open_loop(
     classify: Classifier = clipper_classifier,
     seed: int = 0,
     timeout_s: float = 30.0,
+    connections: int = 256,
 ) -> RunResult:
-    """Requests at Poisson arrivals of the given rate, whatever the server's speed."""
+    """Requests at Poisson arrivals of the given rate, whatever the server's speed.
+
+    A pool of keep-alive clients takes the arrivals in order; each latency counts from the
+    scheduled arrival, so a request that waits for a free client counts its wait too.
+    """
     rng = random.Random(seed)
     result = RunResult()
-    connector = aiohttp.TCPConnector(limit=4096)
+    arrivals: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
+    started = time.monotonic()
+    at, i = started, 0
+    while at < started + duration_s:
+        arrivals.put_nowait((i, at))
+        at += rng.expovariate(rate_per_s)
+        i += 1
+    connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector) as session:
-        tasks = []
-        started = time.monotonic()
-        next_at = started
-        i = 0
-        while next_at < started + duration_s:
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            body = bodies[i % len(bodies)]
-            tasks.append(asyncio.create_task(_one(session, url, body, classify, result, timeout_s)))
-            i += 1
-            next_at += rng.expovariate(rate_per_s)
-        await asyncio.gather(*tasks)
+
+        async def client() -> None:
+            while not arrivals.empty():
+                index, scheduled = arrivals.get_nowait()
+                delay = scheduled - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                body = bodies[index % len(bodies)]
+                await _one(session, url, body, classify, result, timeout_s, scheduled)
+
+        await asyncio.gather(*(client() for _ in range(connections)))
         result.elapsed_s = time.monotonic() - started
     return result
