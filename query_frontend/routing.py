@@ -47,6 +47,8 @@ class Router:
         self._workers: dict[str, tuple[ModelId, ReplicaWorker]] = {}
         # Replicas this frontend found dead; ignored until Redis no longer lists them.
         self._gone: set[str] = set()
+        # Workers being stopped, so that close() can wait for them: no task outlives the app.
+        self._stopping: set[asyncio.Task[None]] = set()
 
     def app(self, name: str) -> AppRecord | None:
         return self.state.apps.get(name)
@@ -112,7 +114,9 @@ class Router:
     def _remove_worker(self, key: str) -> None:
         model_id, worker = self._workers.pop(key)
         self._queues[model_id].num_workers -= 1
-        asyncio.get_running_loop().create_task(worker.stop())
+        task = asyncio.get_running_loop().create_task(worker.stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
         logger.info("replica %s left", key)
         if self.num_replicas(*model_id) == 0:
             queue = self._queues.pop(model_id)
@@ -128,6 +132,8 @@ class Router:
         for key in list(self._workers):
             _, worker = self._workers.pop(key)
             await worker.stop()
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
 
 
 class ClusterWatcher:

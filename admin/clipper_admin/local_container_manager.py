@@ -46,6 +46,11 @@ CLUSTER_FILE = "cluster.json"
 _SERVICES = ("query_frontend", "management", "redis")
 
 
+def _free_or_zero(port: int, host: str) -> int:
+    """The requested port if it is free now, else 0 (the service then picks one)."""
+    return port if port and find_unbound_port(port, host) == port else 0
+
+
 @dataclass
 class _Cluster:
     host: str
@@ -114,27 +119,32 @@ class LocalContainerManager(ContainerManager):
             )
         for sub in ("redis", "logs", "processes", "models", "replicas"):
             (self.cluster_dir / sub).mkdir(parents=True, exist_ok=True)
-        query_port, management_port, redis_port = (
-            find_unbound_port(p, self.host) for p in self._requested_ports
-        )
-        cluster = _Cluster(self.host, redis_port, management_port, query_port)
+        requested_query, requested_management, requested_redis = self._requested_ports
+        # Redis needs a real port; the Python services bind 0 when theirs is taken or 0, and
+        # report the port the OS gave them, so no other process can take it in between.
+        cluster = _Cluster(self.host, find_unbound_port(requested_redis, self.host), 0, 0)
         try:
             self._start_redis(cluster)
-            self._start_python_service(
+            cluster.management_port = self._start_python_service(
                 "management",
                 "management",
-                ["--port", str(management_port), "--redis_port", str(redis_port)],
+                [
+                    "--port",
+                    str(_free_or_zero(requested_management, self.host)),
+                    "--redis_port",
+                    str(cluster.redis_port),
+                ],
                 {"CLIPPER_MGMT_HOST": self.host, "CLIPPER_MGMT_REDIS_HOST": self.host},
                 "CLIPPER_MGMT_READY_FD",
             )
-            self._start_python_service(
+            cluster.query_port = self._start_python_service(
                 "query_frontend",
                 "query_frontend",
                 [
                     "--port",
-                    str(query_port),
+                    str(_free_or_zero(requested_query, self.host)),
                     "--redis_port",
-                    str(redis_port),
+                    str(cluster.redis_port),
                     "--prediction_cache_size",
                     str(cache_size),
                 ],
@@ -196,7 +206,8 @@ class LocalContainerManager(ContainerManager):
         args: list[str],
         env: dict[str, str],
         ready_env: str,
-    ) -> None:
+    ) -> int:
+        """Starts a service and returns the port it reports once it listens."""
         child_env = {**os.environ, **env}
         process, record, ready_fd = spawn(
             service,
@@ -208,7 +219,8 @@ class LocalContainerManager(ContainerManager):
         self._children.append(process)
         record.save(self._service_record_path(service))
         assert ready_fd is not None
-        wait_ready(service, ready_fd, record, self.start_timeout_s)
+        line = wait_ready(service, ready_fd, record, self.start_timeout_s)
+        return int(line.split()[1])
 
     def _service_alive(self, service: str) -> bool:
         record = ProcessRecord.load(self._service_record_path(service))

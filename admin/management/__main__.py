@@ -25,11 +25,17 @@ async def serve(settings: ManagementSettings) -> None:
     runner = web.AppRunner(create_app(Store(redis)), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()  # ends the cleanup_ctx tasks before the error propagates
+        raise
+    # With port 0 the OS picked the port: report the one actually bound.
+    port = int(runner.addresses[0][1])
     if settings.ready_fd is not None:
-        os.write(settings.ready_fd, f"ready {settings.port}\n".encode())
+        os.write(settings.ready_fd, f"ready {port}\n".encode())
         os.close(settings.ready_fd)
-    logger.info("management service listening on %s:%d", settings.host, settings.port)
+    logger.info("management service listening on %s:%d", settings.host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
