@@ -65,6 +65,7 @@ class LatencyModel:
         self.fixed_s = 0.0
         self.per_item_s = 0.0
         self.best_rate_per_s = 0.0
+        self.largest_seen = 0
 
     @property
     def fitted(self) -> bool:
@@ -80,6 +81,7 @@ class LatencyModel:
         if len(self._samples) == 1 and latency_s * self.OUTLIER_FACTOR < self._samples[0][1]:
             self._samples.clear()  # the first batch was a cold start: forget it
         self._samples.append((size, latency_s))
+        self.largest_seen = max(size for size, _ in self._samples)
         self.best_rate_per_s = max(
             (n / t for n, t in self._samples if t > 0), default=self.best_rate_per_s
         )
@@ -98,6 +100,11 @@ class LatencyModel:
 
     def predict_s(self, size: int) -> float:
         return self.fixed_s + self.per_item_s * size
+
+    def predict_seen_s(self, size: int) -> float:
+        """The prediction, not extrapolated past the largest batch seen: never shed a query
+        on a guess about batch sizes the model has not measured."""
+        return self.predict_s(min(size, max(self.largest_seen, 1)))
 
     def largest_size_within(self, budget_s: float, cap: int) -> int:
         if not self.fitted:
@@ -122,6 +129,9 @@ class BatchPolicy:
         self.max_adaptive_size = max_adaptive_size
         self.max_wait_s = max_wait_s
         self.latency = LatencyModel()
+        # Exploration: the fit only knows sizes it has seen, so a probe size grows while
+        # batches meet their deadlines (and halves when one does not), as Clipper's AIMD did.
+        self.probe = 1
         self.set_batch_size(batch_size)
 
     def set_batch_size(self, batch_size: int) -> None:
@@ -131,10 +141,15 @@ class BatchPolicy:
     def target_size(self, budget_s: float) -> int:
         if self.fixed and not self.latency.fitted:
             return self.cap  # a registered size is tried as is until batches say otherwise
-        return self.latency.largest_size_within(budget_s * self.SAFETY, self.cap)
+        fitted = self.latency.largest_size_within(budget_s * self.SAFETY, self.cap)
+        return min(self.cap, max(fitted, self.probe))
 
-    def observe(self, size: int, latency_s: float) -> None:
+    def observe(self, size: int, latency_s: float, met_deadline: bool) -> None:
         self.latency.observe(size, latency_s)
+        if not met_deadline:
+            self.probe = max(1, self.probe // 2)
+        elif size >= self.probe:
+            self.probe = min(self.cap, self.probe + max(1, self.probe // 4))
 
 
 class ModelQueue:
@@ -143,6 +158,8 @@ class ModelQueue:
     A timer on the head's deadline sheds expired queries at once, even while every replica is
     busy, so no expired query is ever sent and none holds queue space.
     """
+
+    ADMISSION_FACTOR = 2.0
 
     def __init__(
         self,
@@ -173,7 +190,10 @@ class ModelQueue:
     def put(self, item: bytes, deadline: float, future: asyncio.Future[str]) -> None:
         """Queues a query; raises Overloaded when it could not be answered within its deadline."""
         now = time.monotonic()
-        if len(self._heap) >= self.max_len or self._expected_wait_s() > deadline - now:
+        # Refuse only clearly hopeless work: a refusal is instant, so a client that retries at
+        # once would otherwise keep the frontend busy refusing while the model starves.
+        hopeless_s = self.ADMISSION_FACTOR * (deadline - now)
+        if len(self._heap) >= self.max_len or self._expected_wait_s() > hopeless_s:
             raise Overloaded()
         if self._last_arrival:
             gap = now - self._last_arrival
@@ -267,7 +287,7 @@ class ModelQueue:
         now = time.monotonic()
         latency = self.policy.latency
         size = min(target, len(self._heap))
-        finish = now + latency.predict_s(size) if latency.trusted else now
+        finish = now + latency.predict_seen_s(size) if latency.trusted else now
         batch: list[Query] = []
         late: list[Query] = []
         while self._heap and len(batch) < target:
@@ -441,7 +461,8 @@ class ReplicaWorker:
             )
             return True
         finished = time.monotonic()
-        self._queue.policy.observe(len(batch), finished - started)
+        met_deadline = finished <= min(q.deadline for q in batch)
+        self._queue.policy.observe(len(batch), finished - started, met_deadline)
         self._on_batch(
             self._queue.model_name,
             self._queue.model_version,

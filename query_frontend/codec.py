@@ -19,6 +19,8 @@ _SCHEMA_TEXT = (
 )
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INTEGER_TYPES: set[type] = {int}
+_NUMBER_TYPES: set[type] = {int, float}
 _JSON_TYPE_NAMES = {
     str: "String",
     int: "Number",
@@ -87,29 +89,29 @@ def encode_input(value: Any, input_type: InputType, where: str) -> bytes:
             raise json_error(f"JSON key {where} is not valid base64: {e}") from None
     if not isinstance(value, list):
         raise _mismatch(where, "Array", value)
+    # One C-speed pass over the element types; the per-element search runs only on errors.
+    types = set(map(type, value))
     if input_type is InputType.INTEGERS:
-        for v in value:
-            if type(v) is not int:
-                raise json_error(
-                    f"Array input of type {_json_type(v)} is not of type integer in {where}"
-                )
+        if not types <= _INTEGER_TYPES:
+            raise _element_error(value, _INTEGER_TYPES, "integer", where)
         array = np.array(value, dtype=np.int64)
         if array.size and (array.min() < _INT32_MIN or array.max() > _INT32_MAX):
             raise json_error(f"Array input in {where} does not fit 32-bit integers")
         return array.astype("<i4").tobytes()
-    for v in value:
-        kind = type(v)
-        if kind is not float and kind is not int:
-            name = "float" if input_type is InputType.FLOATS else "double"
-            raise json_error(
-                f"Array input of type {_json_type(v)} is not of type {name} in {where}"
-            )
+    if not types <= _NUMBER_TYPES:
+        name = "float" if input_type is InputType.FLOATS else "double"
+        raise _element_error(value, _NUMBER_TYPES, name, where)
     if input_type is InputType.FLOATS:
         array = np.array(value, dtype=np.float64)
         if array.size and np.abs(array).max() > _FLOAT32_MAX:
             raise json_error(f"Array input in {where} does not fit 32-bit floats")
         return array.astype("<f4").tobytes()
     return np.array(value, dtype="<f8").tobytes()
+
+
+def _element_error(value: list[Any], allowed: set[type], name: str, where: str) -> QueryError:
+    wrong = next(v for v in value if type(v) not in allowed)
+    return json_error(f"Array input of type {_json_type(wrong)} is not of type {name} in {where}")
 
 
 def _json_type(value: Any) -> str:

@@ -79,7 +79,7 @@ async def test_expired_queries_are_shed_while_no_worker_takes_them() -> None:
 async def test_queries_that_would_finish_late_are_shed_not_sent() -> None:
     queue = _queue()
     for _ in range(10):
-        queue.policy.observe(1, 0.2)  # trusted: a batch of one takes 200 ms
+        queue.policy.observe(1, 0.2, True)  # trusted: a batch of one takes 200 ms
     late, on_time = _future(), _future()
     now = time.monotonic()
     queue.put(b"late", now + 0.1, late)
@@ -93,7 +93,7 @@ async def test_queries_that_would_finish_late_are_shed_not_sent() -> None:
 async def test_a_batch_is_sent_even_if_all_look_late() -> None:
     queue = _queue()
     for _ in range(10):
-        queue.policy.observe(1, 1.0)
+        queue.policy.observe(1, 1.0, True)
     future = _future()
     queue.put(b"x", time.monotonic() + 0.5, future)
     batch = await queue.take()
@@ -111,18 +111,18 @@ async def test_overload_is_refused_at_once() -> None:
 async def test_work_beyond_the_measured_rate_is_refused() -> None:
     queue = _queue(batch_size=1)
     for _ in range(10):
-        queue.policy.observe(1, 0.1)  # 10 queries per second
+        queue.policy.observe(1, 0.1, True)  # 10 queries per second
     for _ in range(5):
         queue.put(b"x", time.monotonic() + 10, _future())
     with pytest.raises(Overloaded):
-        queue.put(b"x", time.monotonic() + 0.3, _future())  # would wait about 0.6 s
-    queue.put(b"x", time.monotonic() + 5, _future())
+        queue.put(b"x", time.monotonic() + 0.2, _future())  # would wait 0.6 s: hopeless
+    queue.put(b"x", time.monotonic() + 0.4, _future())  # late, but left to the expiry timer
 
 
 async def test_a_shallow_queue_waits_briefly_for_a_fuller_batch() -> None:
     queue = _queue(max_wait_s=0.2)
     for size in (1, 2, 4, 8, 1, 2, 4, 8):
-        queue.policy.observe(size, 0.1 + 0.001 * size)  # high fixed cost: batching pays
+        queue.policy.observe(size, 0.1 + 0.001 * size, True)  # high fixed cost
     now = time.monotonic()
     for _ in range(3):  # arrivals 1 ms apart
         queue.put(b"early", now + 10, _future())
@@ -134,3 +134,18 @@ async def test_a_shallow_queue_waits_briefly_for_a_fuller_batch() -> None:
         queue.put(b"late", time.monotonic() + 10, _future())
     batch = await asyncio.wait_for(taker, 1.0)
     assert len(batch) > 3
+
+
+def test_batch_sizes_are_explored_beyond_what_the_fit_has_seen() -> None:
+    policy = BatchPolicy(-1, max_adaptive_size=64, max_wait_s=0.0)
+    for _ in range(10):
+        policy.observe(1, 0.010, True)  # only batches of one so far: 10 ms each
+    assert policy.target_size(0.030) == 2  # the fit alone would allow 2
+    sizes = []
+    for _ in range(12):
+        size = policy.target_size(0.030)
+        sizes.append(size)
+        policy.observe(size, 0.010 + 0.0005 * size, True)  # batching is cheap per item
+    assert sizes[-1] > 20
+    policy.observe(sizes[-1], 0.5, False)  # a batch that missed its deadline
+    assert policy.probe <= sizes[-1] // 2 + 1
