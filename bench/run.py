@@ -163,7 +163,8 @@ def _start_process(argv: list[str], url_check: str) -> subprocess.Popen[bytes]:
         _wait_http(url_check)
     except RuntimeError:
         process.kill()
-        raise RuntimeError(f"{argv} failed: {process.stderr.read().decode()[-2000:]}") from None
+        stderr = process.stderr.read().decode() if process.stderr else ""
+        raise RuntimeError(f"{argv} failed: {stderr[-2000:]}") from None
     return process
 
 
