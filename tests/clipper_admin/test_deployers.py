@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -188,5 +187,4 @@ def test_tensor_deploy_options_are_checked_before_deploying(conn: ClipperConnect
         )
     with pytest.raises(ClipperException, match="Cannot deploy a dict as ONNX"):
         onnx_deployer.deploy_onnx_model(conn, "bad", 1, "floats", {"not": "a model"})
-    assert conn.get_all_models() == [m for m in conn.get_all_models() if not m.startswith("bad:")]
-    assert json.dumps(conn.get_all_models())
+    assert not [m for m in conn.get_all_models() if m.startswith("bad:")]

@@ -163,7 +163,8 @@ def test_a_container_that_crashes_at_start_fails_the_deploy_with_its_log(
     assert "exited before it was ready" in e.value.msg
     assert "No module named 'host_only_module'" in e.value.msg
     assert "pkgs_to_install" in e.value.msg
-    assert conn.get_num_replicas is not None and conn.cm.get_num_replicas("crashy", "1") == 0
+    assert conn.cm.get_num_replicas("crashy", "1") == 0
+    assert conn.get_all_models() == []
 
 
 def test_a_base_image_that_cannot_load_the_closure_fails_at_once(

@@ -184,4 +184,7 @@ def test_connect_from_another_process_sees_the_cluster(
     )  # fmt: skip
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     assert clipper_conn.get_all_apps() == ["from-child"]
-    assert new_connection(Path(cluster_dir)).get_query_addr is not None
+    # The child's connect() found the very cluster this process started.
+    other = new_connection(Path(cluster_dir))
+    other.connect()
+    assert other.get_query_addr() == clipper_conn.get_query_addr()
