@@ -618,11 +618,21 @@ class DockerContainerManager(ContainerManager):
         self._ports = None
 
     def remove_state(self) -> None:
-        """Deletes the cluster's Redis volume: its apps, models and links are gone for good."""
+        """Deletes the cluster's Redis volume and model images: it is gone for good."""
         try:
             self.docker_client.volumes.get(self._redis_volume()).remove(force=True)
         except docker.errors.NotFound:
             pass
+        prefix = f"{self.cluster_identifier}-"
+        for image in self.docker_client.images.list():
+            for tag in image.tags:
+                # A registry prefix may come first: "registry/cluster-model:1".
+                if tag.rsplit("/", 1)[-1].startswith(prefix):
+                    try:
+                        # Untags only; layers shared with other tags stay.
+                        self.docker_client.images.remove(tag, noprune=False)
+                    except docker.errors.APIError as e:
+                        logger.warning("Could not remove image %s: %s", tag, e)
 
     # Addresses
 
