@@ -281,5 +281,7 @@ def test_pytorch_and_onnx_models_in_their_images(
     direct = session.run(["label"], {session.get_inputs()[0].name: x[:20]})[0].tolist()
     assert [p["output"] for p in served_sk] == direct
     # Identical model files build identical images, so an image may carry other clusters' tags.
-    images = {t.split(":")[0] for c in _running(conn.cm.cluster_name) if c.image for t in c.image.tags}
+    images = {
+        t.split(":")[0] for c in _running(conn.cm.cluster_name) if c.image for t in c.image.tags
+    }
     assert {f"{conn.cm.cluster_name}-pt", f"{conn.cm.cluster_name}-sk"} <= images
