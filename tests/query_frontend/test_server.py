@@ -92,6 +92,10 @@ def test_bytes_arrive_decoded_from_base64(conn: ClipperConnection) -> None:
     assert response["output"] == {"len": 4, "first": 200 - 256, "dtype": "int8"}
 
 
+def _array_with_bool(filler: float) -> str:
+    return json.dumps({"input": [filler] * 500 + [1, False, 3]})
+
+
 @pytest.mark.parametrize(
     ("app", "body", "cause"),
     [
@@ -107,6 +111,11 @@ def test_bytes_arrive_decoded_from_base64(conn: ClipperConnection) -> None:
         ("doubles-app", '{"input_batch": [1.0]}', "JSON key input_batch[0] expected type Array"),
         ("doubles-app", '{"input_batch": {"a": 1}}', "JSON key input_batch expected type Array"),
         ("ints-app", '{"input": [1.0]}', "Array input of type Number is not of type integer"),
+        # Booleans among many numbers: few zeros and ones, then mostly zeros and ones.
+        ("floats-app", _array_with_bool(0.5), "Array input of type Bool is not of type float"),
+        ("doubles-app", _array_with_bool(0.0), "Array input of type Bool is not of type double"),
+        ("ints-app", _array_with_bool(7), "Array input of type Bool is not of type integer"),
+        ("ints-app", '{"input": [1, true]}', "Array input of type Bool is not of type integer"),
         ("ints-app", '{"input": [4294967296]}', "does not fit 32-bit integers"),
         ("floats-app", '{"input": [1e300]}', "does not fit 32-bit floats"),
         ("strings-app", '{"input": ["a"]}', "JSON key input expected type String"),
