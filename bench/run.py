@@ -67,14 +67,17 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _wait_http(url: str, timeout_s: float = 120.0) -> None:
+def _wait_http(url: str, timeout_s: float = 120.0, ready_status: int | None = None) -> None:
+    """Waits for any answer from url, or for one with ready_status."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            requests.get(url, timeout=1)
-            return
+            status = requests.get(url, timeout=1).status_code
+            if ready_status is None or status == ready_status:
+                return
         except requests.RequestException:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up")
 
 
@@ -250,6 +253,43 @@ def start_mlserver(workload: str) -> Server:
     )  # fmt: skip
 
 
+def start_bentoml(workload: str) -> Server:
+    venv_bin = VENVS / "bentoml" / "bin"
+    port = _free_port()
+    service = {"noop": "Noop", "mlp": "Mlp", "efficientnet": "EfficientNet"}[workload]
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}:{ROOT}/admin:{ROOT}/protos",
+        "BENTOML_HOME": tempfile.mkdtemp(prefix="bentoml-"),
+    }
+    process = subprocess.Popen(
+        [str(venv_bin / "bentoml"), "serve", f"bench.bento_service:{service}", "--port", str(port),
+         "--host", "127.0.0.1"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/readyz", ready_status=200)
+    except RuntimeError:
+        process.kill()
+        raise
+    raw = {
+        "noop": workloads.noop_bodies,
+        "mlp": workloads.mlp_bodies,
+        "efficientnet": workloads.jpeg_bodies,
+    }[workload]()
+    # A batchable API takes a batch per request: each request carries a batch of one.
+    bodies = [{"input": [b["input"]]} for b in raw]
+
+    def pids() -> list[int]:
+        return [process.pid]  # its workers are children, counted with it
+
+    return Server(
+        "bentoml", f"http://127.0.0.1:{port}/predict", workloads.encode(bodies), plain_classifier,
+        _stopper(process), pids,
+        notes="BentoML 1.4.39, 1 worker, adaptive batching (max 64, default max_latency_ms)",
+    )  # fmt: skip
+
+
 # The limit
 
 
@@ -393,7 +433,7 @@ def print_table(rows: list[Row], limits: dict[str, dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", default="noop,mlp,efficientnet")
-    parser.add_argument("--servers", default="ours,echo,fastapi-naive,mlserver")
+    parser.add_argument("--servers", default="ours,echo,fastapi-naive,mlserver,bentoml")
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--server-cpus", default="1")
     parser.add_argument("--json", default="")
@@ -401,7 +441,7 @@ def main() -> None:
     server_cpus = {int(c) for c in args.server_cpus.split(",")}
     starters = {
         "ours": start_ours, "echo": start_echo, "fastapi-naive": start_naive,
-        "mlserver": start_mlserver,
+        "mlserver": start_mlserver, "bentoml": start_bentoml,
     }  # fmt: skip
     rows: list[Row] = []
     limits: dict[str, dict[str, Any]] = {}

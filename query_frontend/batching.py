@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import itertools
 import logging
@@ -59,9 +60,14 @@ class LatencyModel:
 
     TRUSTED_AFTER = 8
     OUTLIER_FACTOR = 4.0
+    # Per-size averages: real costs are not linear (a BLAS kernel may change with the size),
+    # so a size measured a few times is predicted from its own batches.
+    MEASURED_AFTER = 3
+    SIZE_SMOOTHING = 0.2
 
     def __init__(self, window: int = 64) -> None:
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self._by_size: dict[int, tuple[float, int]] = {}
         self.fixed_s = 0.0
         self.per_item_s = 0.0
         self.best_rate_per_s = 0.0
@@ -80,7 +86,11 @@ class LatencyModel:
             return
         if len(self._samples) == 1 and latency_s * self.OUTLIER_FACTOR < self._samples[0][1]:
             self._samples.clear()  # the first batch was a cold start: forget it
+            self._by_size.clear()
         self._samples.append((size, latency_s))
+        mean_s, count = self._by_size.get(size, (latency_s, 0))
+        alpha = max(self.SIZE_SMOOTHING, 1 / (count + 1))
+        self._by_size[size] = (mean_s + alpha * (latency_s - mean_s), count + 1)
         self.largest_seen = max(size for size, _ in self._samples)
         self.best_rate_per_s = max(
             (n / t for n, t in self._samples if t > 0), default=self.best_rate_per_s
@@ -99,7 +109,14 @@ class LatencyModel:
         self.fixed_s = max(mean_y - self.per_item_s * mean_x, 0.0)
 
     def predict_s(self, size: int) -> float:
+        measured = self._by_size.get(size)
+        if measured is not None and measured[1] >= self.MEASURED_AFTER:
+            return measured[0]
         return self.fixed_s + self.per_item_s * size
+
+    def rate_per_s(self, size: int) -> float:
+        """Queries per second a replica sustains with batches of this size."""
+        return size / max(self.predict_s(size), 1e-9)
 
     def predict_seen_s(self, size: int) -> float:
         """The prediction, not extrapolated past the largest batch seen: never shed a query
@@ -117,13 +134,17 @@ class LatencyModel:
 class BatchPolicy:
     """Chooses batch sizes for one model version, shared by the workers of its replicas.
 
-    The size is the largest whose predicted latency fits the remaining budget of the most
-    urgent query (with a safety margin), up to the registered batch_size, or up to
-    max_adaptive_size when it is -1. Queries that would finish after their deadline in the
-    chosen batch are shed instead of sent.
+    The size is at most the largest whose predicted latency fits the remaining budget of the
+    most urgent query (with a safety margin), up to the registered batch_size, or up to
+    max_adaptive_size when it is -1; `plan` decides whether to wait for it. Queries that would
+    finish after their deadline in the chosen batch are shed instead of sent.
     """
 
     SAFETY = 0.85
+    # The share of its time a replica may spend busy before batches should grow instead.
+    UTILIZATION = 0.7
+    # Waiting must raise the replica's rate by this much to be worth its latency.
+    WORTH_WAITING = 1.2
 
     def __init__(self, batch_size: int, max_adaptive_size: int, max_wait_s: float) -> None:
         self.max_adaptive_size = max_adaptive_size
@@ -143,6 +164,48 @@ class BatchPolicy:
             return self.cap  # a registered size is tried as is until batches say otherwise
         fitted = self.latency.largest_size_within(budget_s * self.SAFETY, self.cap)
         return min(self.cap, max(fitted, self.probe))
+
+    def plan(
+        self, budgets_s: list[float], queued: int, arrival_rate_per_s: float, workers: int
+    ) -> tuple[int, float]:
+        """The batch size to take, and how long to wait for the queue to reach it.
+
+        `budgets_s` are the remaining budgets of the most urgent queries, ascending, as many as
+        a batch may hold. Of what is queued, the batch that answers the most queries on time
+        per second of replica time goes: when the most urgent query cannot be saved, a small
+        batch for it would only make every query behind it late too. A batch that would keep
+        a replica above UTILIZATION at the current arrival rate waits, while the most urgent
+        budget allows, for the smallest batch that keeps up (or the most efficient one).
+        """
+        latency = self.latency
+        target = self.target_size(budgets_s[0])
+        if not latency.trusted:
+            return min(queued, target), 0.0
+        now_size, now_score = 1, -1.0
+        for size in range(1, len(budgets_s) + 1):
+            predicted_s = latency.predict_s(size)
+            late = bisect.bisect_right(budgets_s, predicted_s, 0, size)
+            score = (size - late) / max(predicted_s, 1e-9)
+            if score >= now_score:
+                now_size, now_score = size, score
+        if now_size < queued or now_size >= target or arrival_rate_per_s <= 0:
+            return now_size, 0.0
+        need_per_s = arrival_rate_per_s / (max(workers, 1) * self.UTILIZATION)
+        now_rate = latency.rate_per_s(now_size)
+        if now_rate >= need_per_s:
+            return now_size, 0.0
+        best, best_rate = now_size, now_rate
+        for size in range(now_size + 1, target + 1):
+            rate = latency.rate_per_s(size)
+            if rate >= need_per_s:
+                best, best_rate = size, rate
+                break
+            if rate > best_rate:
+                best, best_rate = size, rate
+        if best_rate < self.WORTH_WAITING * now_rate:
+            return now_size, 0.0
+        wait_s = min(budgets_s[0] * self.SAFETY - latency.predict_s(best), self.max_wait_s)
+        return (best, wait_s) if wait_s > 0 else (now_size, 0.0)
 
     def observe(self, size: int, latency_s: float, met_deadline: bool) -> None:
         self.latency.observe(size, latency_s)
@@ -254,27 +317,31 @@ class ModelQueue:
                 heapq.heappop(self._heap)  # answered elsewhere (a twin, or a failure)
             if not self._heap:
                 continue
-            budget_s = self._heap[0].deadline - time.monotonic()
-            target = self.policy.target_size(budget_s)
-            if len(self._heap) < target:
-                await self._wait_for_more(target, budget_s)
+            now = time.monotonic()
+            urgent = heapq.nsmallest(self.policy.cap, self._heap)
+            size, wait_s = self.policy.plan(
+                [q.deadline - now for q in urgent],
+                len(self._heap),
+                self._arrival_rate_per_s(now),
+                self.num_workers,
+            )
+            if len(self._heap) < size and wait_s > 0:
+                await self._wait_for_size(size, now + wait_s)
                 if not self._heap:
                     continue
-            batch = self._pop_batch(target)
+            batch = self._pop_batch(size)
             if batch:
                 return batch
 
-    async def _wait_for_more(self, target: int, budget_s: float) -> None:
-        """Waits for the batch to fill while the budget allows and arrivals make it pay."""
-        latency = self.policy.latency
-        slack_s = budget_s * BatchPolicy.SAFETY - latency.predict_s(target)
-        wait_s = min(slack_s, self.policy.max_wait_s, latency.fixed_s)
-        # Wait only if another query is expected within the wait.
-        if wait_s <= 0 or self._arrival_gap_s > wait_s:
-            return
-        deadline = time.monotonic() + wait_s
-        while len(self._heap) < target:
-            remaining = deadline - time.monotonic()
+    def _arrival_rate_per_s(self, now: float) -> float:
+        # A pause in arrivals counts at once, so a replica does not wait for work that stopped.
+        gap_s = max(self._arrival_gap_s, now - self._last_arrival)
+        return 0.0 if gap_s == float("inf") else 1.0 / max(gap_s, 1e-6)
+
+    async def _wait_for_size(self, size: int, until: float) -> None:
+        """Waits until the queue holds `size` queries or the time is up."""
+        while len(self._heap) < size:
+            remaining = until - time.monotonic()
             if remaining <= 0:
                 return
             self._changed.clear()

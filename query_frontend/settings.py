@@ -17,9 +17,9 @@ class FrontendSettings(BaseSettings):
     resync_interval_s: float = 5.0
     # Largest batch the adaptive policy may choose for a model registered with batch_size -1.
     max_adaptive_batch_size: int = 256
-    # Longest a replica waits for a shallow queue to fill a batch (only when arrivals and the
-    # deadline budget make waiting pay).
-    max_batch_wait_s: float = 0.005
+    # Longest a replica waits for a shallow queue to fill a batch: only when batches of what is
+    # queued would keep it too busy to keep up, and never past the deadline budget.
+    max_batch_wait_s: float = 0.02
     # Queries one model version may hold waiting; beyond it, new ones get an overload default.
     max_queue_len: int = 10000
     # A pipe the parent passed: "ready <port>" is written to it once the server listens.

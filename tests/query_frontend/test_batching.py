@@ -149,3 +149,57 @@ def test_batch_sizes_are_explored_beyond_what_the_fit_has_seen() -> None:
     assert sizes[-1] > 20
     policy.observe(sizes[-1], 0.5, False)  # a batch that missed its deadline
     assert policy.probe <= sizes[-1] // 2 + 1
+
+
+def test_costs_are_predicted_per_measured_size() -> None:
+    model = LatencyModel()
+    for _ in range(5):  # a BLAS kernel that is slower at 4 than at 16
+        model.observe(4, 0.012)
+        model.observe(16, 0.009)
+    assert model.predict_s(16) == pytest.approx(0.009)
+    assert model.predict_s(4) == pytest.approx(0.012)
+    assert model.rate_per_s(16) > 4 * model.rate_per_s(4)
+
+
+async def test_an_urgent_head_does_not_shrink_the_batch_for_the_queue_behind_it() -> None:
+    queue = _queue()
+    for size in (1, 8, 32, 1, 8, 32, 1, 8, 32):
+        queue.policy.observe(size, 0.010 + 0.0001 * size, True)
+    now = time.monotonic()
+    urgent = _future()
+    queue.put(b"urgent", now + 0.012, urgent)  # a batch of one would just make it
+    for _ in range(30):
+        queue.put(b"patient", now + 0.100, _future())
+    batch = await queue.take()
+    # One batch of all the patient queries answers 30 on time; serving the urgent one alone
+    # would answer one and leave 30 waiting behind it.
+    assert [q.item for q in batch] == [b"patient"] * 30
+    with pytest.raises(QueryExpired):
+        urgent.result()
+
+
+async def test_a_rare_query_is_sent_at_once() -> None:
+    queue = _queue(max_wait_s=0.5)
+    for size in (1, 2, 4, 8, 1, 2, 4, 8):
+        queue.policy.observe(size, 0.1 + 0.001 * size, True)  # batching would pay
+    queue.put(b"x", time.monotonic() + 10, _future())
+    await asyncio.sleep(0.1)
+    queue.put(b"y", time.monotonic() + 10, _future())  # arrivals 100 ms apart: 10 per second
+    started = time.monotonic()
+    batch = await queue.take()
+    # 2 queries per 102 ms keep a replica under 70% busy at 10 per second: no reason to wait.
+    assert len(batch) == 2
+    assert time.monotonic() - started < 0.1
+
+
+def test_a_batch_that_would_fall_behind_the_arrivals_waits_for_one_that_keeps_up() -> None:
+    policy = BatchPolicy(-1, max_adaptive_size=64, max_wait_s=0.05)
+    for size in (1, 4, 16, 1, 4, 16, 1, 4, 16):
+        policy.observe(size, 0.010 + 0.0002 * size, True)
+    # 2 queued, 1000 arriving per second: batches of 2 (196/s) fall behind; 16 keep up.
+    size, wait_s = policy.plan([0.5, 0.5], 2, 1000.0, workers=1)
+    assert size > 2
+    assert policy.latency.rate_per_s(size) >= 1000.0 / BatchPolicy.UTILIZATION
+    assert 0 < wait_s <= 0.05
+    # The same queue with a tight budget cannot wait: what is there goes now.
+    assert policy.plan([0.012, 0.012], 2, 1000.0, workers=1) == (2, 0.0)
