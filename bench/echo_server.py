@@ -1,4 +1,4 @@
-"""The overhead baseline: a bare aiohttp server that parses the JSON body and answers it back."""
+"""The overhead baseline: a bare aiohttp server that parses the JSON body and answers at once."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from aiohttp import web
 async def echo(request: web.Request) -> web.Response:
     doc = orjson.loads(await request.read())
     return web.Response(
-        body=orjson.dumps({"output": doc.get("input"), "default": False}),
+        body=orjson.dumps({"output": len(doc.get("input", ())), "default": False}),
         content_type="application/json",
     )
 

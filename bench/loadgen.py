@@ -155,18 +155,21 @@ async def open_loop(
     seed: int = 0,
     timeout_s: float = 30.0,
     connections: int = 256,
+    warmup_s: float = 1.0,
 ) -> RunResult:
     """Requests at Poisson arrivals of the given rate, whatever the server's speed.
 
     A pool of keep-alive clients takes the arrivals in order; each latency counts from the
-    scheduled arrival, so a request that waits for a free client counts its wait too.
+    scheduled arrival, so a request that waits for a free client counts its wait too. The
+    first warmup_s of arrivals (which also open the connections) are sent but not counted.
     """
     rng = random.Random(seed)
-    result = RunResult()
+    warm, result = RunResult(), RunResult()
     arrivals: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
-    started = time.monotonic()
-    at, i = started, 0
-    while at < started + duration_s:
+    begin = time.monotonic()
+    counted_from = begin + warmup_s
+    at, i = begin, 0
+    while at < counted_from + duration_s:
         arrivals.put_nowait((i, at))
         at += rng.expovariate(rate_per_s)
         i += 1
@@ -180,8 +183,9 @@ async def open_loop(
                 if delay > 0:
                     await asyncio.sleep(delay)
                 body = bodies[index % len(bodies)]
-                await _one(session, url, body, classify, result, timeout_s, scheduled)
+                into = result if scheduled >= counted_from else warm
+                await _one(session, url, body, classify, into, timeout_s, scheduled)
 
         await asyncio.gather(*(client() for _ in range(connections)))
-        result.elapsed_s = time.monotonic() - started
+        result.elapsed_s = time.monotonic() - counted_from
     return result
