@@ -204,7 +204,8 @@ class BatchPolicy:
                 best, best_rate = size, rate
         if best_rate < self.WORTH_WAITING * now_rate:
             return now_size, 0.0
-        wait_s = min(budgets_s[0] * self.SAFETY - latency.predict_s(best), self.max_wait_s)
+        # Room for twice the predicted latency: a batch sharing its CPU varies that much.
+        wait_s = min(budgets_s[0] * self.SAFETY - 2 * latency.predict_s(best), self.max_wait_s)
         return (best, wait_s) if wait_s > 0 else (now_size, 0.0)
 
     def observe(self, size: int, latency_s: float, met_deadline: bool) -> None:
