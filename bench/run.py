@@ -53,7 +53,7 @@ class Server:
     classify: Callable[[bytes], tuple[bool, bool]]
     stop: Callable[[], None]
     pids: Callable[[], list[int]]
-    batch_size: Callable[[], float] | None = None
+    batch_counts: Callable[[], tuple[float, float]] | None = None
     notes: str = ""
 
 
@@ -143,13 +143,12 @@ def start_ours(workload: str) -> Server:
                 continue
         return found
 
-    def batch_size() -> float:
+    def batch_counts() -> tuple[float, float]:
+        """Queries sent in batches, and batches, so far."""
         metrics = requests.get(f"http://{query}/metrics", timeout=5).json()
-        for entry in metrics["histograms"]:
-            for name, values in entry.items():
-                if name.endswith(":batch_size") and f":{app}:" in f":{name}":
-                    return float(values["mean"])
-        return float("nan")
+        counts = {name: float(v["count"]) for e in metrics["counters"] for name, v in e.items()}
+        model = f"model:{app}:1"
+        return counts.get(f"{model}:batched_queries", 0.0), counts.get(f"{model}:batches", 0.0)
 
     def stop() -> None:
         conn.stop_all(graceful=False)
@@ -157,7 +156,7 @@ def start_ours(workload: str) -> Server:
 
     return Server(
         "ours", f"http://{query}/{app}/predict", bodies, clipper_classifier, stop, pids,
-        batch_size, f"adaptive batching, SLO {slo / 1000:.0f} ms, no cache",
+        batch_counts, f"adaptive batching, SLO {slo / 1000:.0f} ms, no cache",
     )  # fmt: skip
 
 
@@ -336,8 +335,12 @@ def measure_limit(workload: str, cpus: set[int], seconds: float) -> dict[str, An
 # Runs
 
 
-def _run(server: Server, kind: str, value: float, duration_s: float) -> tuple[RunResult, float]:
+def _run(
+    server: Server, kind: str, value: float, duration_s: float
+) -> tuple[RunResult, float, float | None]:
+    """One run: its result, the server's CPU use in cores, and our mean batch size in it."""
     before = _cpu_seconds(server.pids())
+    batches_before = server.batch_counts() if server.batch_counts else None
     started = time.monotonic()
     if kind == "closed":
         result = asyncio.run(
@@ -348,7 +351,11 @@ def _run(server: Server, kind: str, value: float, duration_s: float) -> tuple[Ru
             open_loop(server.url, server.bodies, value, duration_s, server.classify)
         )
     cpu = (_cpu_seconds(server.pids()) - before) / (time.monotonic() - started)
-    return result, cpu
+    batch = None
+    if server.batch_counts and batches_before:
+        queries, batches = server.batch_counts()
+        batch = (queries - batches_before[0]) / max(batches - batches_before[1], 1.0)
+    return result, cpu, batch
 
 
 def bench_server(
@@ -364,16 +371,14 @@ def bench_server(
     try:
         capacity = 0.0
         for concurrency in CONCURRENCY[workload]:
-            result, cpu = _run(server, "closed", concurrency, duration_s)
-            batch = server.batch_size() if server.batch_size else None
+            result, cpu, batch = _run(server, "closed", concurrency, duration_s)
             rows.append(Row(workload, server.name, f"c={concurrency}", result.summary(), batch,
                             cpu, {"goodput": result.goodput}))  # fmt: skip
             capacity = max(capacity, result.goodput)
             print(f"  {server.name:14} c={concurrency:<4} {result.summary()}", flush=True)
         for fraction in LOAD_FRACTIONS:
             rate = capacity * fraction
-            result, cpu = _run(server, "open", rate, duration_s)
-            batch = server.batch_size() if server.batch_size else None
+            result, cpu, batch = _run(server, "open", rate, duration_s)
             label = f"{fraction:.0%} ({rate:.0f}/s)"
             rows.append(Row(workload, server.name, label, result.summary(), batch, cpu,
                             {"goodput": result.goodput}))  # fmt: skip

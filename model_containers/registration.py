@@ -72,7 +72,9 @@ class ReplicaRegistration:
     async def _heartbeat(self, replica: ReplicaRecord) -> None:
         while not self._stopped.is_set():
             try:
-                await asyncio.wait_for(self._stopped.wait(), self._interval_s)
+                # Not wait_for, which in Python 3.11 can swallow a racing cancellation.
+                async with asyncio.timeout(self._interval_s):
+                    await self._stopped.wait()
                 return
             except TimeoutError:
                 pass

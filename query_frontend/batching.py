@@ -204,8 +204,7 @@ class BatchPolicy:
                 best, best_rate = size, rate
         if best_rate < self.WORTH_WAITING * now_rate:
             return now_size, 0.0
-        # Room for twice the predicted latency: a batch sharing its CPU varies that much.
-        wait_s = min(budgets_s[0] * self.SAFETY - 2 * latency.predict_s(best), self.max_wait_s)
+        wait_s = min(budgets_s[0] * self.SAFETY - latency.predict_s(best), self.max_wait_s)
         return (best, wait_s) if wait_s > 0 else (now_size, 0.0)
 
     def observe(self, size: int, latency_s: float, met_deadline: bool) -> None:
@@ -341,15 +340,15 @@ class ModelQueue:
 
     async def _wait_for_size(self, size: int, until: float) -> None:
         """Waits until the queue holds `size` queries or the time is up."""
-        while len(self._heap) < size:
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                return
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                return
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+        # that races with the inner wait finishing, and a worker must always stop when told.
+        try:
+            async with asyncio.timeout_at(until):
+                while len(self._heap) < size:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            return
 
     def _pop_batch(self, target: int) -> list[Query]:
         now = time.monotonic()

@@ -189,6 +189,11 @@ def record_batch(
 ) -> None:
     """Batch metrics, reported by replica workers after each batch."""
     metrics.meter("internal:aggregate_model_throughput").mark(stats.batch_size)
+    # Totals, so that a mean batch size over any interval is a difference of two readings.
+    metrics.counter(f"model:{model_name}:{model_version}:batches").increment(1)
+    metrics.counter(f"model:{model_name}:{model_version}:batched_queries").increment(
+        stats.batch_size
+    )
     metrics.histogram(f"model:{model_name}:{model_version}:batch_size", "queries").insert(
         stats.batch_size
     )
