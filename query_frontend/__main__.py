@@ -1,4 +1,5 @@
-"""Runs the query frontend: settings and logging, then serve until SIGTERM or SIGINT."""
+"""Runs the query frontend: settings and logging, then serve (or supervise workers) until
+SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -7,25 +8,43 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 
 from aiohttp import web
 
-from query_frontend.server import WATCHER_KEY, create_app
+from query_frontend.server import METRICS_KEY, WATCHER_KEY, create_app, create_internal_app
 from query_frontend.settings import FrontendSettings
+from query_frontend.supervisor import supervise
 
 logger = logging.getLogger("query_frontend")
 
 
 async def serve(settings: FrontendSettings) -> None:
-    app = create_app(settings)
+    """Serves until SIGTERM or SIGINT: alone, or as one worker of a supervisor's port."""
+    internal_sock = None
+    peer_ports: list[int] = []
+    if settings.internal_fd is not None:
+        internal_sock = socket.socket(fileno=settings.internal_fd)
+        own = internal_sock.getsockname()[1]
+        peer_ports = [int(p) for p in settings.peer_ports.split(",") if p and int(p) != own]
+    app = create_app(settings, peer_ports)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    site: web.BaseSite
+    if settings.listen_fd is not None:
+        site = web.SockSite(runner, socket.socket(fileno=settings.listen_fd))
+    else:
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     try:
         await site.start()
     except OSError:
         await runner.cleanup()  # ends the cleanup_ctx tasks before the error propagates
         raise
+    internal_runner = None
+    if internal_sock is not None:
+        internal_runner = web.AppRunner(create_internal_app(app[METRICS_KEY]), access_log=None)
+        await internal_runner.setup()
+        await web.SockSite(internal_runner, internal_sock).start()
     # With port 0 the OS picked the port: report the one actually bound.
     port = int(runner.addresses[0][1])
     if settings.ready_fd is not None:
@@ -38,14 +57,25 @@ async def serve(settings: FrontendSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    lifeline_fd = settings.lifeline_fd
+    if lifeline_fd is not None:
+        # Readable only at its end: the supervisor is gone, so no one would stop this worker.
+        def orphaned() -> None:
+            loop.remove_reader(lifeline_fd)
+            stop.set()
+
+        loop.add_reader(lifeline_fd, orphaned)
     await stop.wait()
     logger.info("query frontend shutting down")
+    if internal_runner is not None:
+        await internal_runner.cleanup()
     await runner.cleanup()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Clipper query frontend (POST /<app>/predict)")
     parser.add_argument("--port", type=int)
+    parser.add_argument("--workers", type=int, help="worker processes sharing the port")
     parser.add_argument("--redis_ip", "--redis-host", dest="redis_host")
     parser.add_argument("--redis_port", "--redis-port", dest="redis_port", type=int)
     parser.add_argument(
@@ -60,7 +90,10 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve(settings))
+    if settings.workers > 1 and settings.listen_fd is None:
+        asyncio.run(supervise(settings))
+    else:
+        asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,25 @@ class Meter:
             self._initialized = True
             self._last_tick += _METER_TICK_S
 
+    def snapshot(self) -> dict[str, Any]:
+        self._tick()
+        return {
+            "count": self._count,
+            "elapsed_s": time.monotonic() - self._start,
+            "rates": [self._rates[w] for w in sorted(self._rates)],
+        }
+
+    @classmethod
+    def merged(cls, parts: list[dict[str, Any]]) -> Meter:
+        """The meter of several processes counting the same events: counts and rates add."""
+        meter = cls()
+        meter._count = sum(int(p["count"]) for p in parts)
+        meter._start -= max(float(p["elapsed_s"]) for p in parts)
+        for i, window in enumerate(sorted(meter._rates)):
+            meter._rates[window] = sum(float(p["rates"][i]) for p in parts)
+        meter._initialized = True
+        return meter
+
     def report(self) -> dict[str, str]:
         self._tick()
         elapsed = max(time.monotonic() - self._start, 1e-9)
@@ -83,12 +102,17 @@ class Meter:
 class Histogram:
     """Summary statistics over the most recent samples."""
 
-    def __init__(self, unit: str) -> None:
+    def __init__(self, unit: str, samples: list[float] | None = None) -> None:
         self.unit = unit
         self._samples: deque[float] = deque(maxlen=_RESERVOIR_SIZE)
+        if samples is not None:
+            self._samples = deque(samples, maxlen=max(len(samples), _RESERVOIR_SIZE))
 
     def insert(self, value: float) -> None:
         self._samples.append(value)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"unit": self.unit, "samples": list(self._samples)}
 
     def report(self) -> dict[str, str]:
         values = sorted(self._samples)
@@ -155,6 +179,37 @@ class MetricsRegistry:
                         number = "NaN" if value == "nan" else value
                         lines.append(f"# TYPE {metric} gauge\n{metric} {number}")
         return "\n".join(lines) + "\n"
+
+    def snapshot(self) -> dict[str, Any]:
+        """The raw state, for merging with other processes' (JSON-serializable)."""
+        return {
+            "counters": {k: v.count for k, v in self._counters.items()},
+            "ratios": {k: [v.numerator, v.denominator] for k, v in self._ratios.items()},
+            "meters": {k: v.snapshot() for k, v in self._meters.items()},
+            "histograms": {k: v.snapshot() for k, v in self._histograms.items()},
+        }
+
+    @classmethod
+    def merged(cls, snapshots: list[dict[str, Any]]) -> MetricsRegistry:
+        """One registry for several frontend processes: counts add, histograms pool samples."""
+        registry = cls()
+        meters: dict[str, list[dict[str, Any]]] = {}
+        histograms: dict[str, tuple[str, list[float]]] = {}
+        for snap in snapshots:
+            for name, count in snap["counters"].items():
+                registry.counter(name).increment(int(count))
+            for name, (numerator, denominator) in snap["ratios"].items():
+                registry.ratio(name).increment(int(numerator), int(denominator))
+            for name, meter in snap["meters"].items():
+                meters.setdefault(name, []).append(meter)
+            for name, histogram in snap["histograms"].items():
+                unit, samples = histograms.setdefault(name, (histogram["unit"], []))
+                samples.extend(float(v) for v in histogram["samples"])
+        for name, parts in meters.items():
+            registry._meters[name] = Meter.merged(parts)
+        for name, (unit, samples) in histograms.items():
+            registry._histograms[name] = Histogram(unit, samples)
+        return registry
 
     def report(self) -> dict[str, Any]:
         return {

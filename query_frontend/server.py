@@ -16,6 +16,7 @@ from query_frontend.cache import PredictionCache
 from query_frontend.codec import json_error
 from query_frontend.errors import NOT_FOUND, QueryError
 from query_frontend.metrics import MetricsRegistry
+from query_frontend.peers import SNAPSHOT_PATH, Peers
 from query_frontend.predictor import Predictor, record_batch
 from query_frontend.routing import ClusterWatcher, Router
 from query_frontend.settings import FrontendSettings
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 PREDICTOR_KEY = web.AppKey("predictor", Predictor)
 METRICS_KEY = web.AppKey("metrics", MetricsRegistry)
 WATCHER_KEY = web.AppKey("watcher", ClusterWatcher)
+PEERS_KEY = web.AppKey("peers", Peers)
 
 
 def _json(doc: object, status: int = 200) -> web.Response:
@@ -73,13 +75,26 @@ async def update(request: web.Request) -> web.Response:
     return web.Response(text="Feedback received? 1", content_type="application/json")
 
 
+async def _all_workers_metrics(app: web.Application) -> MetricsRegistry:
+    """This process's metrics, merged with its sibling workers' when the port is shared."""
+    local = app[METRICS_KEY]
+    peers = app[PEERS_KEY]
+    if not peers.ports:
+        return local
+    return MetricsRegistry.merged([local.snapshot(), *await peers.snapshots()])
+
+
 async def metrics(request: web.Request) -> web.Response:
-    return _json(request.app[METRICS_KEY].report())
+    return _json((await _all_workers_metrics(request.app)).report())
+
+
+async def metrics_snapshot(request: web.Request) -> web.Response:
+    return _json(request.app[METRICS_KEY].snapshot())
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
     return web.Response(
-        text=request.app[METRICS_KEY].prometheus_text(),
+        text=(await _all_workers_metrics(request.app)).prometheus_text(),
         content_type="text/plain",
         headers={"X-Content-Type-Options": "nosniff"},
     )
@@ -90,10 +105,14 @@ async def health(request: web.Request) -> web.Response:
     return _json({"ready": ready}, status=200 if ready else 503)
 
 
-def create_app(settings: FrontendSettings) -> web.Application:
-    """Builds the frontend's object graph; Redis and the cluster watcher live in cleanup_ctx."""
+def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) -> web.Application:
+    """Builds the frontend's object graph; Redis and the cluster watcher live in cleanup_ctx.
+
+    peer_ports are the metrics ports of the sibling workers sharing this frontend's port.
+    """
     app = web.Application(middlewares=[error_middleware], client_max_size=256 * 1024 * 1024)
     registry = MetricsRegistry()
+    peers = Peers(peer_ports or [])
     cache = PredictionCache(settings.prediction_cache_size_bytes)
     router = Router(
         partial(record_batch, registry),
@@ -109,6 +128,7 @@ def create_app(settings: FrontendSettings) -> web.Application:
     app[PREDICTOR_KEY] = predictor
     app[METRICS_KEY] = registry
     app[WATCHER_KEY] = watcher
+    app[PEERS_KEY] = peers
     for name in (
         "internal:aggregate_num_predictions",
         "internal:prediction_cache_lookups",
@@ -120,7 +140,9 @@ def create_app(settings: FrontendSettings) -> web.Application:
 
     async def cluster_sync(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(watcher.run(), name="cluster-watcher")
+        await peers.start()
         yield
+        await peers.close()
         task.cancel()
         try:
             await task
@@ -137,4 +159,12 @@ def create_app(settings: FrontendSettings) -> web.Application:
     app.router.add_post("/{app}/predict/", predict)
     app.router.add_post("/{app}/update", update)
     app.router.add_post("/{app}/update/", update)
+    return app
+
+
+def create_internal_app(registry: MetricsRegistry) -> web.Application:
+    """What a worker shows its siblings on loopback: its raw metrics, to be merged."""
+    app = web.Application()
+    app[METRICS_KEY] = registry
+    app.router.add_get(SNAPSHOT_PATH, metrics_snapshot)
     return app

@@ -24,4 +24,14 @@ class FrontendSettings(BaseSettings):
     max_queue_len: int = 10000
     # A pipe the parent passed: "ready <port>" is written to it once the server listens.
     ready_fd: int | None = None
+    # Worker processes sharing the port, under a supervisor that restarts any that dies; with
+    # 1, the process serves by itself. Each worker has its own queues and cache.
+    workers: int = 1
+    # Given to each worker by the supervisor: its listening socket, the loopback socket on
+    # which it shows its metrics to the other workers, every worker's such port, and a pipe
+    # whose end means the supervisor is gone.
+    listen_fd: int | None = None
+    internal_fd: int | None = None
+    peer_ports: str = ""
+    lifeline_fd: int | None = None
     log_level: str = "INFO"

@@ -299,10 +299,8 @@ class DockerContainerManager(ContainerManager):
         qf_http_timeout_content: int,
         num_frontend_replicas: int = 1,
     ) -> None:
-        if num_frontend_replicas != 1:
-            raise ClipperException(
-                "DockerContainerManager runs one query frontend; num_frontend_replicas must be 1"
-            )
+        if num_frontend_replicas < 1:
+            raise ClipperException("num_frontend_replicas must be at least 1")
         if any(c.status == "running" for c in self._containers()):
             raise ClipperException(
                 f"Cluster {self.cluster_name} already exists. Please use "
@@ -352,6 +350,8 @@ class DockerContainerManager(ContainerManager):
                 environment={
                     "CLIPPER_QF_PORT": str(ports["query"]),
                     "CLIPPER_QF_PREDICTION_CACHE_SIZE_BYTES": str(cache_size),
+                    # Replicas of the frontend are worker processes sharing its port.
+                    "CLIPPER_QF_WORKERS": str(num_frontend_replicas),
                     **{f"CLIPPER_QF_{k}": v for k, v in redis_env.items()},
                 },
                 labels={CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL: "", **port_labels},

@@ -108,10 +108,8 @@ class LocalContainerManager(ContainerManager):
         qf_http_timeout_content: int = 300,
         num_frontend_replicas: int = 1,
     ) -> None:
-        if num_frontend_replicas != 1:
-            raise ClipperException(
-                "LocalContainerManager runs one query frontend; num_frontend_replicas must be 1"
-            )
+        if num_frontend_replicas < 1:
+            raise ClipperException("num_frontend_replicas must be at least 1")
         if any(self._service_alive(s) for s in _SERVICES):
             raise ClipperException(
                 f"Cluster {self.cluster_name} already exists in {self.cluster_dir}. "
@@ -147,6 +145,9 @@ class LocalContainerManager(ContainerManager):
                     str(cluster.redis_port),
                     "--prediction_cache_size",
                     str(cache_size),
+                    # Replicas of the frontend are worker processes sharing its port.
+                    "--workers",
+                    str(num_frontend_replicas),
                 ],
                 {"CLIPPER_QF_HOST": self.host, "CLIPPER_QF_REDIS_HOST": self.host},
                 "CLIPPER_QF_READY_FD",

@@ -44,13 +44,13 @@ def _running(cluster: str, **labels: str) -> list[Any]:
 
 
 @pytest.fixture
-def docker_clusters() -> Iterator[Callable[[str], ClipperConnection]]:
+def docker_clusters() -> Iterator[Callable[..., ClipperConnection]]:
     started: list[ClipperConnection] = []
 
-    def start(name: str) -> ClipperConnection:
+    def start(name: str, **start_clipper_args: Any) -> ClipperConnection:
         conn = ClipperConnection(_docker_manager(name))
         started.append(conn)
-        conn.start_clipper()
+        conn.start_clipper(**start_clipper_args)
         return conn
 
     yield start
@@ -112,12 +112,15 @@ def test_the_same_client_script_runs_with_either_manager(manager: str, tmp_path:
 
 
 def test_containers_follow_the_replica_count(
-    docker_clusters: Callable[[str], ClipperConnection],
+    docker_clusters: Callable[..., ClipperConnection],
 ) -> None:
     name = f"scale-{uuid.uuid4().hex[:6]}"
-    conn = docker_clusters(name)
+    conn = docker_clusters(name, num_frontend_replicas=2)
     services = _running(name)
     assert len(services) == 4  # redis, management, query frontend, prometheus
+    # The frontend container runs a supervisor and 2 workers sharing the port.
+    (frontend,) = [c for c in services if "query_frontend" in c.image.tags[0]]
+    assert sum("query_frontend" in " ".join(p) for p in frontend.top()["Processes"]) == 3
     create_endpoint(conn, "echo", "doubles", lambda xs: [x[0] for x in xs], num_replicas=2)
     model_label = {"ai.clipper.model_container.label": "echo_1"}
     assert len(_running(name, **model_label)) == 2
@@ -126,7 +129,12 @@ def test_containers_follow_the_replica_count(
     wait_for(lambda: len(conn.get_all_model_replicas()) == 4, 10, "4 registered replicas")
     conn.set_num_replicas("echo", 1)
     assert len(_running(name, **model_label)) == 1
-    assert predict(conn, "echo", {"input": [7.0]})["output"] == 7.0
+    for i in range(20):
+        assert predict(conn, "echo", {"input": [float(i)]})["output"] == float(i)
+    # Whichever worker answers, /metrics counts every worker's queries.
+    metrics = requests.get(f"http://{conn.get_query_addr()}/metrics", timeout=10).json()
+    counts = {k: v["count"] for entry in metrics["counters"] for k, v in entry.items()}
+    assert counts["app:echo:num_predictions"] == "20"
     logs = conn.get_clipper_logs(str(Path(os.environ.get("TMPDIR", "/tmp")) / f"logs-{name}"))
     assert len(logs) == 5
     conn.stop_all_model_containers()
@@ -135,7 +143,7 @@ def test_containers_follow_the_replica_count(
 
 
 def test_two_clusters_side_by_side_are_isolated(
-    docker_clusters: Callable[[str], ClipperConnection],
+    docker_clusters: Callable[..., ClipperConnection],
 ) -> None:
     first = docker_clusters(f"tenant-a-{uuid.uuid4().hex[:6]}")
     second = docker_clusters(f"tenant-b-{uuid.uuid4().hex[:6]}")
@@ -150,7 +158,7 @@ def test_two_clusters_side_by_side_are_isolated(
 
 
 def test_a_container_that_crashes_at_start_fails_the_deploy_with_its_log(
-    docker_clusters: Callable[[str], ClipperConnection],
+    docker_clusters: Callable[..., ClipperConnection],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -171,7 +179,7 @@ def test_a_container_that_crashes_at_start_fails_the_deploy_with_its_log(
 
 
 def test_a_base_image_that_cannot_load_the_closure_fails_at_once(
-    docker_clusters: Callable[[str], ClipperConnection],
+    docker_clusters: Callable[..., ClipperConnection],
 ) -> None:
     conn = docker_clusters(f"skew-{uuid.uuid4().hex[:6]}")
     with pytest.raises(ClipperException) as e:
@@ -248,7 +256,7 @@ def _admin_ready(conn: ClipperConnection) -> Callable[[], bool]:
 
 
 def test_pytorch_and_onnx_models_in_their_images(
-    docker_clusters: Callable[[str], ClipperConnection],
+    docker_clusters: Callable[..., ClipperConnection],
 ) -> None:
     import numpy as np
     import onnxruntime

@@ -1,0 +1,46 @@
+"""The metrics registry: Clipper's report shape, and merging several workers' figures."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from query_frontend.metrics import MetricsRegistry
+
+
+def _entries(
+    report: dict[str, list[dict[str, dict[str, str]]]], kind: str
+) -> dict[str, dict[str, str]]:
+    return {name: fields for entry in report[kind] for name, fields in entry.items()}
+
+
+def test_merged_workers_add_counts_and_pool_samples() -> None:
+    first, second = MetricsRegistry(), MetricsRegistry()
+    first.counter("app:a:num_predictions").increment(3)
+    second.counter("app:a:num_predictions").increment(4)
+    second.counter("app:b:num_predictions").increment(1)
+    first.ratio("app:a:default_prediction_ratio").increment(1, 4)
+    second.ratio("app:a:default_prediction_ratio").increment(0, 6)
+    for value in (1.0, 2.0, 3.0):
+        first.histogram("app:a:prediction_latency").insert(value)
+    for value in (10.0, 20.0):
+        second.histogram("app:a:prediction_latency").insert(value)
+    first.meter("app:a:prediction_throughput").mark(5)
+    second.meter("app:a:prediction_throughput").mark(7)
+
+    # Snapshots travel between processes as JSON.
+    snapshots = [orjson.loads(orjson.dumps(r.snapshot())) for r in (first, second)]
+    report = MetricsRegistry.merged(snapshots).report()
+
+    counters = _entries(report, "counters")
+    assert counters["app:a:num_predictions"] == {"count": "7"}
+    assert counters["app:b:num_predictions"] == {"count": "1"}
+    ratio = _entries(report, "ratio_counters")["app:a:default_prediction_ratio"]
+    assert float(ratio["ratio"]) == pytest.approx(0.1)
+    latency = _entries(report, "histograms")["app:a:prediction_latency"]
+    assert latency["size"] == "5"
+    assert float(latency["max"]) == 20.0
+    assert float(latency["p50"]) == 3.0
+    meter = _entries(report, "meters")["app:a:prediction_throughput"]
+    assert float(meter["rate"]) > 0
+    assert set(meter) == {"unit", "rate", "rate_1min", "rate_5min", "rate_15min"}
