@@ -63,7 +63,7 @@ def test_frontend_replicas_share_the_port_and_report_metrics_together(tmp_path: 
         assert [a["output"] for a in answers] == [i + 1.0 for i in range(300)]
         assert not any(a["default"] for a in answers)
         # Every worker took part, and whichever answers /metrics counts all of them.
-        busy = [w for w in workers if sum(w.cpu_times()[:2]) - cpu_before[w.pid] > 0.05]
+        busy = [w for w in workers if sum(w.cpu_times()[:2]) - cpu_before[w.pid] > 0.03]
         assert len(busy) == 3
         for _ in range(5):
             assert _counters(conn)["app:sum:num_predictions"] == 300
