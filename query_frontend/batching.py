@@ -7,6 +7,7 @@ import bisect
 import heapq
 import itertools
 import logging
+import operator
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +26,9 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 RPC_GRACE_S = 30.0
 # Status codes that mean the replica is gone, not that the model failed on this batch.
 _REPLICA_GONE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+
+
+_deadline = operator.attrgetter("deadline")
 
 
 class QueryFailed(Exception):
@@ -113,6 +117,11 @@ class LatencyModel:
         if measured is not None and measured[1] >= self.MEASURED_AFTER:
             return measured[0]
         return self.fixed_s + self.per_item_s * size
+
+    def upper_bound_s(self, size: int) -> float:
+        """At least the predicted latency of every batch size up to `size`."""
+        measured = (m for m, count in self._by_size.values() if count >= self.MEASURED_AFTER)
+        return max(max(measured, default=0.0), self.fixed_s + self.per_item_s * size)
 
     def rate_per_s(self, size: int) -> float:
         """Queries per second a replica sustains with batches of this size."""
@@ -318,9 +327,8 @@ class ModelQueue:
             if not self._heap:
                 continue
             now = time.monotonic()
-            urgent = heapq.nsmallest(self.policy.cap, self._heap)
             size, wait_s = self.policy.plan(
-                [q.deadline - now for q in urgent],
+                self._urgent_budgets_s(now),
                 len(self._heap),
                 self._arrival_rate_per_s(now),
                 self.num_workers,
@@ -332,6 +340,16 @@ class ModelQueue:
             batch = self._pop_batch(size)
             if batch:
                 return batch
+
+    def _urgent_budgets_s(self, now: float) -> list[float]:
+        """The remaining budgets of the queries a batch may hold, most urgent first."""
+        k = min(self.policy.cap, len(self._heap))
+        head_s = self._heap[0].deadline - now
+        if head_s >= self.policy.latency.upper_bound_s(k):
+            # Even the most urgent query makes a batch of any size, so every one does: no need
+            # to scan a deep queue for the order of the rest.
+            return [head_s] * k
+        return [q.deadline - now for q in heapq.nsmallest(k, self._heap, key=_deadline)]
 
     def _arrival_rate_per_s(self, now: float) -> float:
         # A pause in arrivals counts at once, so a replica does not wait for work that stopped.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
@@ -203,3 +204,16 @@ def test_a_batch_that_would_fall_behind_the_arrivals_waits_for_one_that_keeps_up
     assert 0 < wait_s <= 0.05
     # The same queue with a tight budget cannot wait: what is there goes now.
     assert policy.plan([0.012, 0.012], 2, 1000.0, workers=1) == (2, 0.0)
+
+
+async def test_a_deep_queue_of_patient_queries_gives_full_batches_in_deadline_order() -> None:
+    queue = _queue(max_len=5000)
+    for size in (1, 8, 32, 1, 8, 32, 1, 8, 32):
+        queue.policy.observe(size, 0.010 + 0.0001 * size, True)
+    now = time.monotonic()
+    order = list(range(2000))
+    random.Random(0).shuffle(order)
+    for i in order:
+        queue.put(str(i).encode(), now + 10 + i * 1e-4, _future())
+    batch = await queue.take()
+    assert [q.item for q in batch] == [str(i).encode() for i in range(64)]  # the cap, by deadline
