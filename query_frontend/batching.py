@@ -232,6 +232,7 @@ class ModelQueue:
     """
 
     ADMISSION_FACTOR = 2.0
+    RATE_WINDOW = 32
 
     def __init__(
         self,
@@ -252,9 +253,8 @@ class ModelQueue:
         self._changed = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline = float("inf")
-        # Smoothed gap between arrivals, to judge whether waiting for more work pays.
-        self._arrival_gap_s = float("inf")
-        self._last_arrival = 0.0
+        # Recent arrival times, to judge whether waiting for more work pays.
+        self._arrivals: deque[float] = deque(maxlen=self.RATE_WINDOW)
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -267,11 +267,7 @@ class ModelQueue:
         hopeless_s = self.ADMISSION_FACTOR * (deadline - now)
         if len(self._heap) >= self.max_len or self._expected_wait_s() > hopeless_s:
             raise Overloaded()
-        if self._last_arrival:
-            gap = now - self._last_arrival
-            first = self._arrival_gap_s == float("inf")
-            self._arrival_gap_s = gap if first else 0.9 * self._arrival_gap_s + 0.1 * gap
-        self._last_arrival = now
+        self._arrivals.append(now)
         heapq.heappush(self._heap, Query(deadline, next(self._seq), item, future))
         self._on_change()
 
@@ -352,9 +348,13 @@ class ModelQueue:
         return [q.deadline - now for q in heapq.nsmallest(k, self._heap, key=_deadline)]
 
     def _arrival_rate_per_s(self, now: float) -> float:
-        # A pause in arrivals counts at once, so a replica does not wait for work that stopped.
-        gap_s = max(self._arrival_gap_s, now - self._last_arrival)
-        return 0.0 if gap_s == float("inf") else 1.0 / max(gap_s, 1e-6)
+        # Over the last RATE_WINDOW arrivals up to now: a pause lowers the rate as it lasts,
+        # but a short lull does not hide the load. On a core shared with the frontend, queries
+        # reach the queue in bursts, and treating each lull as the end of the load made
+        # replicas take small, costly batches that starved the frontend in turn.
+        if len(self._arrivals) < 2:
+            return 0.0
+        return (len(self._arrivals) - 1) / max(now - self._arrivals[0], 1e-6)
 
     async def _wait_for_size(self, size: int, until: float) -> None:
         """Waits until the queue holds `size` queries or the time is up."""

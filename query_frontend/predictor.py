@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -71,7 +72,7 @@ class Predictor:
         request = parse_predict_request(body, parse_input_type(app.input_type))
         model_id = await self._route(app_name, request.version)
         ids = [next(self._query_ids) for _ in request.inputs]
-        default = output_value(app.default_output)
+        default = _default_value(app.default_output)
         if model_id is None:
             predictions = [Prediction(i, default, True, NO_MODELS_EXPLANATION) for i in ids]
             self._record(app_name, None, predictions, started)
@@ -182,6 +183,13 @@ class Predictor:
             m.counter(f"model:{name}:{version}:num_predictions").increment(n - defaults)
             m.meter(f"model:{name}:{version}:prediction_throughput").mark(n - defaults)
             m.histogram(f"model:{name}:{version}:prediction_latency").insert(latency_us)
+
+
+@functools.lru_cache(maxsize=256)
+def _default_value(text: str) -> Any:
+    # Parsed once per distinct text: a default that is not JSON costs an exception to parse.
+    # The value is only serialized, never changed, so sharing it is safe.
+    return output_value(text)
 
 
 def record_batch(
