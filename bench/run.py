@@ -388,6 +388,11 @@ def bench_server(
     return rows
 
 
+def _cpu_per_answer(row: Row) -> float:
+    """Core-seconds the server spent per answer it gave."""
+    return row.cpu / max(float(row.extra["goodput"]), 1e-9)
+
+
 def print_table(rows: list[Row], limits: dict[str, dict[str, Any]]) -> None:
     header = (
         f"{'workload':12} {'server':14} {'load':16} {'answers/s':>10} {'p50 ms':>8} "
@@ -440,6 +445,7 @@ def print_table(rows: list[Row], limits: dict[str, dict[str, Any]]) -> None:
                 f"  {workload}: ours/{name}: answers/s x{speedup:.2f}"
                 f", p50 x{ours.result['p50_ms'] / other.result['p50_ms']:.2f}"
                 f", p99 x{ours.result['p99_ms'] / other.result['p99_ms']:.2f}"
+                f", CPU per answer x{_cpu_per_answer(ours) / _cpu_per_answer(other):.2f}"
                 f" (at {ours.load} vs {other.load})"
             )
         c1 = {r.server: r for r in rows if r.workload == workload and r.load == "c=1"}
