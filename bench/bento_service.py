@@ -16,7 +16,7 @@ import bentoml  # type: ignore[import-not-found]
 import numpy as np
 
 sys.path.insert(0, ".")
-from bench.workloads import build_efficientnet, build_mlp, mlp_predict
+from bench.workloads import build_efficientnet, load_mlp, mlp_predict
 
 MAX_LATENCY_MS = int(os.environ.get("BENCH_MAX_LATENCY_MS", "60000"))
 # One worker: the servers get one core. No access log (a line per request costs CPU). Batches
@@ -39,7 +39,7 @@ class Noop:
 @bentoml.service(**SERVICE)
 class Mlp:
     def __init__(self) -> None:
-        self.model = build_mlp()
+        self.model = load_mlp()
 
     @bentoml.api(**BATCHING)
     def predict(self, input: list[list[float]]) -> list[int]:

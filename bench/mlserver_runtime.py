@@ -11,7 +11,7 @@ from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
 sys.path.insert(0, ".")
-from bench.workloads import build_efficientnet, build_mlp, mlp_predict
+from bench.workloads import build_efficientnet, load_mlp, mlp_predict
 
 
 class NoopRuntime(MLModel):
@@ -27,7 +27,7 @@ class NoopRuntime(MLModel):
 
 class MlpRuntime(MLModel):
     async def load(self) -> bool:
-        self._model = build_mlp()
+        self._model = load_mlp()
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:

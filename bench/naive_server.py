@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 sys.path.insert(0, ".")
-from bench.workloads import build_efficientnet, build_mlp, mlp_predict
+from bench.workloads import build_efficientnet, load_mlp, mlp_predict
 
 app = FastAPI()
 state: dict[str, Any] = {}
@@ -44,7 +44,7 @@ def main() -> None:
     workload, port = sys.argv[1], int(sys.argv[2])
     state["workload"] = workload
     if workload == "mlp":
-        state["model"] = build_mlp()
+        state["model"] = load_mlp()
     elif workload == "efficientnet":
         sys.path.insert(0, "admin")
         state["model"] = build_efficientnet()

@@ -1,6 +1,7 @@
 """Runs every workload against this system and its alternatives, side by side, and prints a table.
 
     bench/run [--workloads noop,mlp,efficientnet] [--duration 5] [--server-cpus 1]
+              [--mlp-runtime onnx|torch]
 
 Servers (ours, the echo baseline, FastAPI+uvicorn, MLServer, BentoML) run on --server-cpus,
 and the load generator on the other cores. The limit (the model called in-process at its best
@@ -98,11 +99,40 @@ def _cpu_seconds(pids: list[int]) -> float:
 # Servers
 
 
-def start_ours(workload: str) -> Server:
-    from clipper_admin import ClipperConnection, LocalContainerManager
+def _deploy_ours(conn: Any, workload: str) -> list[bytes]:
+    """Deploys the workload's model on our cluster; returns the request bodies."""
+    from clipper_admin.deployers import onnx as onnx_deployer
     from clipper_admin.deployers import python as python_deployer
     from clipper_admin.deployers import torchscript
     from model_containers.image import LITE_MEAN, LITE_STD, ImagePreprocessing
+
+    slo = SLO_MICROS[workload]
+    if workload == "noop":
+        python_deployer.create_endpoint(
+            conn, "noop", "doubles", lambda xs: [1] * len(xs), slo_micros=slo
+        )
+        return workloads.encode(workloads.noop_bodies())
+    if workload == "mlp" and os.environ.get(workloads.MLP_ONNX_ENV):
+        onnx_deployer.create_endpoint(
+            conn, "mlp", "floats", os.environ[workloads.MLP_ONNX_ENV], output="argmax",
+            slo_micros=slo,
+        )  # fmt: skip
+        return workloads.encode(workloads.mlp_bodies())
+    if workload == "mlp":
+        model = workloads.build_mlp()
+        python_deployer.create_endpoint(
+            conn, "mlp", "floats", lambda xs: workloads.mlp_predict(model, xs), slo_micros=slo
+        )
+        return workloads.encode(workloads.mlp_bodies())
+    torchscript.create_endpoint(
+        conn, "efficientnet", "bytes", workloads.build_efficientnet(), slo_micros=slo,
+        image=ImagePreprocessing(mean=LITE_MEAN, std=LITE_STD), output="argmax",
+    )  # fmt: skip
+    return workloads.encode(workloads.jpeg_bodies())
+
+
+def start_ours(workload: str) -> Server:
+    from clipper_admin import ClipperConnection, LocalContainerManager
 
     cluster_dir = tempfile.mkdtemp(prefix="bench-")
     conn = ClipperConnection(
@@ -112,24 +142,13 @@ def start_ours(workload: str) -> Server:
     )
     # No prediction cache: the request bodies repeat, and none of the peers has one.
     conn.start_clipper(cache_size=0)
+    try:
+        bodies = _deploy_ours(conn, workload)
+    except BaseException:
+        conn.stop_all(graceful=False)
+        shutil.rmtree(cluster_dir, ignore_errors=True)
+        raise
     slo = SLO_MICROS[workload]
-    if workload == "noop":
-        python_deployer.create_endpoint(
-            conn, "noop", "doubles", lambda xs: [1] * len(xs), slo_micros=slo
-        )
-        bodies = workloads.encode(workloads.noop_bodies())
-    elif workload == "mlp":
-        model = workloads.build_mlp()
-        python_deployer.create_endpoint(
-            conn, "mlp", "floats", lambda xs: workloads.mlp_predict(model, xs), slo_micros=slo
-        )
-        bodies = workloads.encode(workloads.mlp_bodies())
-    else:
-        torchscript.create_endpoint(
-            conn, "efficientnet", "bytes", workloads.build_efficientnet(), slo_micros=slo,
-            image=ImagePreprocessing(mean=LITE_MEAN, std=LITE_STD), output="argmax",
-        )  # fmt: skip
-        bodies = workloads.encode(workloads.jpeg_bodies())
     app = workload
     query = conn.get_query_addr()
 
@@ -302,13 +321,13 @@ def measure_limit(workload: str, cpus: set[int], seconds: float) -> dict[str, An
         if workload == "noop":
             return {"throughput": float("inf"), "best_batch": None}
         if workload == "mlp":
-            model = workloads.build_mlp()
+            model = workloads.load_mlp()
             rng = np.random.default_rng(0)
 
             def run(n: int) -> None:
                 workloads.mlp_predict(model, rng.random((n, workloads.MLP_INPUT)))
 
-            sizes = [1, 8, 16, 32, 64, 128]
+            sizes = [1, 8, 16, 32, 64, 128, 256]
         else:
             import torch
 
@@ -461,7 +480,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--server-cpus", default="1")
     parser.add_argument("--json", default="")
+    parser.add_argument(
+        "--mlp-runtime", choices=["onnx", "torch"], default="onnx",
+        help="what runs the MLP in every server and in the limit",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.mlp_runtime == "onnx" and "mlp" in args.workloads.split(","):
+        onnx_path = Path(tempfile.mkdtemp(prefix="bench-mlp-")) / "mlp.onnx"
+        workloads.export_mlp_onnx(onnx_path)
+        os.environ[workloads.MLP_ONNX_ENV] = str(onnx_path)  # the peers inherit it
     server_cpus = {int(c) for c in args.server_cpus.split(",")}
     starters = {
         "ours": start_ours, "echo": start_echo, "fastapi-naive": start_naive,

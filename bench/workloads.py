@@ -5,12 +5,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 MLP_INPUT = 3 * 32 * 32
 MLP_HIDDEN = 2048
+# When set, the path of the MLP as an ONNX graph: every server and the limit then run it in
+# onnxruntime instead of PyTorch.
+MLP_ONNX_ENV = "BENCH_MLP_ONNX"
 
 
 def build_mlp() -> Any:
@@ -27,12 +32,37 @@ def build_mlp() -> Any:
     return torch.nn.Sequential(*layers).eval()
 
 
+def export_mlp_onnx(path: Path) -> None:
+    import torch
+
+    batch_axis = {0: "n"}
+    torch.onnx.export(
+        build_mlp(), (torch.zeros(1, MLP_INPUT),), str(path), dynamo=False, input_names=["x"],
+        output_names=["scores"], dynamic_axes={"x": batch_axis, "scores": batch_axis},
+    )  # fmt: skip
+
+
+def load_mlp() -> Any:
+    """The MLP in the runtime the benchmark was started with: onnxruntime or PyTorch."""
+    path = os.environ.get(MLP_ONNX_ENV)
+    if not path:
+        return build_mlp()
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # One thread per CPU this server may use; onnxruntime's default counts the machine's cores.
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
 def mlp_predict(model: Any, batch: np.ndarray) -> list[int]:
+    x = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
+    if hasattr(model, "run"):  # an onnxruntime session
+        return [int(i) for i in model.run(None, {"x": x})[0].argmax(1)]
     import torch
 
     with torch.inference_mode():
-        x = torch.from_numpy(np.asarray(batch, dtype=np.float32).reshape(len(batch), -1))
-        return [int(i) for i in model(x).argmax(1)]
+        return [int(i) for i in model(torch.from_numpy(x)).argmax(1)]
 
 
 def build_efficientnet() -> Any:

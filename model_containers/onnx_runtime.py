@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,12 @@ class OnnxModel(TensorModel):
 
     def __init__(self, model_dir: Path, manifest: ModelManifest) -> None:
         super().__init__(model_dir, manifest)
-        self._threads = int(manifest.options.get("intra_op_threads") or 0)
+        # onnxruntime's default is one thread per physical core of the machine, whatever CPUs
+        # this process may use; on a replica pinned to fewer cores its threads spin against each
+        # other (a 1-core replica ran the benchmark's MLP at half speed with 2 threads).
+        self.intra_op_threads = int(
+            manifest.options.get("intra_op_threads") or len(os.sched_getaffinity(0))
+        )
         self._output_name: str | None = manifest.options.get("output_name")
         self._session: Any = None
         self._input_name = ""
@@ -33,8 +39,7 @@ class OnnxModel(TensorModel):
                 "with the onnx base image (base_image='default') or pkgs_to_install=['onnxruntime']"
             ) from e
         options = onnxruntime.SessionOptions()
-        if self._threads:
-            options.intra_op_num_threads = self._threads
+        options.intra_op_num_threads = self.intra_op_threads
         self._session = onnxruntime.InferenceSession(
             str(self.model_dir / ONNX_FILE), options, providers=["CPUExecutionProvider"]
         )
