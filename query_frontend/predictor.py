@@ -15,6 +15,7 @@ from query_frontend.batching import BatchStats, Overloaded, QueryExpired, QueryF
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import PredictRequest, output_value, parse_predict_request
 from query_frontend.errors import NOT_FOUND, QUERY_PROCESSING_ERROR, QueryError
+from query_frontend.loop_lag import LoopLag
 from query_frontend.metrics import MetricsRegistry
 from query_frontend.routing import Router
 
@@ -50,6 +51,7 @@ class Predictor:
         cache: PredictionCache,
         metrics: MetricsRegistry,
         ensure_fresh: Callable[[], Awaitable[None]],
+        loop_lag: LoopLag,
     ) -> None:
         self._router = router
         self._cache = cache
@@ -57,12 +59,16 @@ class Predictor:
         # Called on a routing miss: re-reads the cluster state if an admin call changed it.
         self._ensure_fresh = ensure_fresh
         self._query_ids = itertools.count()
+        self._loop_lag = loop_lag
 
     def known_app(self, app_name: str) -> bool:
         return self._router.app(app_name) is not None
 
     async def predict(self, app_name: str, body: bytes) -> tuple[PredictRequest, list[Prediction]]:
-        started = time.monotonic()
+        # The SLO counts from about when the request arrived, not from when the busy loop
+        # got to it.
+        unread_s = self._loop_lag.seconds
+        started = time.monotonic() - unread_s
         app = self._router.app(app_name)
         if app is None:
             await self._ensure_fresh()
@@ -75,13 +81,16 @@ class Predictor:
         default = _default_value(app.default_output)
         if model_id is None:
             predictions = [Prediction(i, default, True, NO_MODELS_EXPLANATION) for i in ids]
-            self._record(app_name, None, predictions, started)
+            self._record(app_name, None, predictions, started, unread_s)
             return request, predictions
 
         name, version = model_id
         futures: list[asyncio.Future[str] | None] = []
         deadline = started + app.latency_slo_micros / 1e6
         queue = self._router.queue(name, version)
+        # A request that waited unread past its SLO is not queued: it would only delay the
+        # queries behind it.
+        expired = deadline <= time.monotonic()
         hits = overloaded = 0
         for item in request.inputs:
             key = (name, version, item)
@@ -91,7 +100,11 @@ class Predictor:
             if future is None and queue is not None:
                 future = self._cache.start(key)
                 try:
+                    if expired:
+                        raise QueryExpired()
                     queue.put(item, deadline, future)
+                except QueryExpired as e:
+                    future.set_exception(e)
                 except Overloaded as e:
                     future.set_exception(e)
                     overloaded += 1
@@ -108,7 +121,7 @@ class Predictor:
         predictions = []
         for query_id, future in zip(ids, futures, strict=True):
             predictions.append(self._settle(query_id, future, default))
-        self._record(app_name, model_id, predictions, started)
+        self._record(app_name, model_id, predictions, started, unread_s)
         return request, predictions
 
     async def _route(self, app_name: str, version: str | None) -> tuple[str, str] | None:
@@ -165,6 +178,7 @@ class Predictor:
         model_id: tuple[str, str] | None,
         predictions: list[Prediction],
         started: float,
+        unread_s: float,
     ) -> None:
         n = len(predictions)
         defaults = sum(1 for p in predictions if p.default)
@@ -176,6 +190,7 @@ class Predictor:
         m.ratio(f"app:{app_name}:default_prediction_ratio").increment(defaults, n)
         m.meter(f"app:{app_name}:prediction_throughput").mark(n)
         m.histogram(f"app:{app_name}:prediction_latency").insert(latency_us)
+        m.histogram("internal:unread_wait").insert(unread_s * 1e6)
         hit_ratio = m.ratio("internal:prediction_cache_hit_ratio")
         hit_ratio.numerator, hit_ratio.denominator = self._cache.hits, self._cache.lookups
         if model_id is not None:

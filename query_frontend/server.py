@@ -15,6 +15,7 @@ from management.store import Store
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import json_error
 from query_frontend.errors import NOT_FOUND, QueryError
+from query_frontend.loop_lag import LoopLag
 from query_frontend.metrics import MetricsRegistry
 from query_frontend.peers import SNAPSHOT_PATH, Peers
 from query_frontend.predictor import Predictor, record_batch
@@ -124,7 +125,8 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
         host=settings.redis_host, port=settings.redis_port, decode_responses=True
     )
     watcher = ClusterWatcher(Store(redis), router.apply, settings.resync_interval_s)
-    predictor = Predictor(router, cache, registry, watcher.ensure_fresh)
+    loop_lag = LoopLag()
+    predictor = Predictor(router, cache, registry, watcher.ensure_fresh, loop_lag)
     app[PREDICTOR_KEY] = predictor
     app[METRICS_KEY] = registry
     app[WATCHER_KEY] = watcher
@@ -137,6 +139,7 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
     registry.ratio("internal:prediction_cache_hit_ratio")
     registry.meter("internal:aggregate_model_throughput")
     registry.histogram("internal:rpc_request_queueing_delay")
+    registry.histogram("internal:unread_wait")
 
     async def cluster_sync(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(watcher.run(), name="cluster-watcher")
@@ -151,7 +154,13 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
         await router.close()
         await redis.aclose()
 
+    async def loop_lag_ticks(app: web.Application) -> AsyncIterator[None]:
+        loop_lag.start()
+        yield
+        loop_lag.stop()
+
     app.cleanup_ctx.append(cluster_sync)
+    app.cleanup_ctx.append(loop_lag_ticks)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/prometheus", prometheus_metrics)
     app.router.add_get("/healthz", health)

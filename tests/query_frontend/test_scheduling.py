@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from clipper_admin import ClipperConnection
 from clipper_admin.deployers.python import create_endpoint
@@ -90,3 +91,37 @@ def test_expired_queries_are_never_sent(clipper_conn: ClipperConnection, tmp_pat
     time.sleep(1.0)  # anything left in the queue would reach the model now
     sent = sum(int(n) for n in seen.read_text().split())
     assert sent <= 3
+
+
+def test_a_request_that_waited_unread_counts_that_wait_against_its_slo(
+    clipper_conn: ClipperConnection,
+) -> None:
+    create_endpoint(clipper_conn, "stalled", "doubles", lambda xs: [1] * len(xs),
+                    default_output="-1", slo_micros=100_000)  # fmt: skip
+    assert predict(clipper_conn, "stalled", {"input": [0.0]})["default"] is False
+    record = Path(clipper_conn.cm.cluster_dir) / "processes" / "query_frontend.json"  # type: ignore[attr-defined]
+    frontend = psutil.Process(json.loads(record.read_text())["pid"])
+    stalled = [frontend, *frontend.children(recursive=True)]
+    answers: list[dict[str, Any]] = []
+
+    def ask(i: int) -> None:
+        answers.append(predict(clipper_conn, "stalled", {"input": [float(i)]}))
+
+    clients = [threading.Thread(target=ask, args=(i,)) for i in range(1, 6)]
+    # The frontend is off the CPU for 300 ms, three times the SLO, while the requests arrive:
+    # as when a busy core leaves it no time to read them.
+    for process in stalled:
+        process.suspend()
+    try:
+        for client in clients:
+            client.start()
+        time.sleep(0.3)
+    finally:
+        for process in stalled:
+            process.resume()
+    for client in clients:
+        client.join(10)
+    assert len(answers) == 5
+    assert all(a["default"] and a["default_explanation"] == SLO_EXPLANATION for a in answers)
+    time.sleep(0.05)  # the loop has caught up: new requests get their whole SLO again
+    assert predict(clipper_conn, "stalled", {"input": [9.0]})["default"] is False
