@@ -407,6 +407,9 @@ class BatchStats:
 
     batch_size: int
     latency_s: float
+    # Queries whose deadline had passed when the batch came back: their clients already had
+    # the default, so the model's time went only to the cache.
+    late_answers: int = 0
 
 
 BatchObserver = Callable[[str, str, BatchStats], None]
@@ -549,11 +552,9 @@ class ReplicaWorker:
         finished = time.monotonic()
         met_deadline = finished <= min(q.deadline for q in batch)
         self._queue.policy.observe(len(batch), finished - started, met_deadline)
-        self._on_batch(
-            self._queue.model_name,
-            self._queue.model_version,
-            BatchStats(len(batch), finished - started),
-        )
+        # Answered after their deadline: the client already has its default, though the
+        # answer still fills the cache.
+        late = sum(1 for query in batch if query.deadline < finished)
         for query, output in zip(batch, response.outputs, strict=True):
             if query.future.done():
                 continue
@@ -561,6 +562,11 @@ class ReplicaWorker:
                 query.future.set_exception(QueryFailed(output.error))
             else:
                 query.future.set_result(output.value)
+        self._on_batch(
+            self._queue.model_name,
+            self._queue.model_version,
+            BatchStats(len(batch), finished - started, late),
+        )
         return True
 
 

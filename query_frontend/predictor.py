@@ -217,6 +217,9 @@ def record_batch(
     metrics.counter(f"model:{model_name}:{model_version}:batched_queries").increment(
         stats.batch_size
     )
+    metrics.counter(f"model:{model_name}:{model_version}:late_answers").increment(
+        stats.late_answers
+    )
     metrics.histogram(f"model:{model_name}:{model_version}:batch_size", "queries").insert(
         stats.batch_size
     )

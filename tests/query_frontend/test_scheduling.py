@@ -125,3 +125,25 @@ def test_a_request_that_waited_unread_counts_that_wait_against_its_slo(
     assert all(a["default"] and a["default_explanation"] == SLO_EXPLANATION for a in answers)
     time.sleep(0.05)  # the loop has caught up: new requests get their whole SLO again
     assert predict(clipper_conn, "stalled", {"input": [9.0]})["default"] is False
+
+
+def test_answers_that_come_back_after_the_deadline_are_counted(
+    clipper_conn: ClipperConnection,
+) -> None:
+    def slow(xs: np.ndarray) -> list[int]:
+        time.sleep(0.3)
+        return [1] * len(xs)
+
+    # A first batch goes whatever its deadline: the frontend has not measured the model yet.
+    create_endpoint(clipper_conn, "late", "doubles", slow, slo_micros=100_000)
+    response = predict(clipper_conn, "late", {"input": [1.0]})
+    assert response["default"] and response["default_explanation"] == SLO_EXPLANATION
+
+    def late_answers() -> int:
+        counters = {k: v for e in clipper_conn.inspect_instance()["counters"] for k, v in e.items()}
+        return int(counters.get("model:late:1:late_answers", {"count": 0})["count"])
+
+    deadline = time.monotonic() + 5
+    while late_answers() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the batch is still running in the replica
+    assert late_answers() == 1
