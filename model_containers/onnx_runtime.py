@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from model_containers.cpu_budget import available_cpus
 from model_containers.manifest import ModelManifest
 from model_containers.model import ModelLoadError
 from model_containers.tensor import TensorModel
 
 ONNX_FILE = "model.onnx"
+
+logger = logging.getLogger(__name__)
 
 
 class OnnxModel(TensorModel):
@@ -23,9 +26,7 @@ class OnnxModel(TensorModel):
         # onnxruntime's default is one thread per physical core of the machine, whatever CPUs
         # this process may use; on a replica pinned to fewer cores its threads spin against each
         # other (a 1-core replica ran the benchmark's MLP at half speed with 2 threads).
-        self.intra_op_threads = int(
-            manifest.options.get("intra_op_threads") or len(os.sched_getaffinity(0))
-        )
+        self.intra_op_threads = int(manifest.options.get("intra_op_threads") or available_cpus())
         self._output_name: str | None = manifest.options.get("output_name")
         self._session: Any = None
         self._input_name = ""
@@ -40,6 +41,7 @@ class OnnxModel(TensorModel):
             ) from e
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
+        logger.info("onnxruntime with %d intra-op threads", self.intra_op_threads)
         self._session = onnxruntime.InferenceSession(
             str(self.model_dir / ONNX_FILE), options, providers=["CPUExecutionProvider"]
         )

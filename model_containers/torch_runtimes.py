@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from model_containers.closure import load_pickled
+from model_containers.cpu_budget import available_cpus
 from model_containers.manifest import ModelManifest
 from model_containers.model import Model, ModelLoadError
 from model_containers.tensor import TensorModel
@@ -17,6 +19,8 @@ FUNC_FILE = "func.pkl"
 MODULE_FILE = "pytorch_model.pkl"
 WEIGHTS_FILE = "pytorch_weights.pkl"
 TORCHSCRIPT_FILE = "model.pt"
+
+logger = logging.getLogger(__name__)
 
 
 def _import_torch() -> Any:
@@ -31,9 +35,10 @@ def _import_torch() -> Any:
 
 
 def _set_threads(torch: Any, manifest: ModelManifest) -> None:
-    threads = manifest.options.get("intra_op_threads")
-    if threads:
-        torch.set_num_threads(int(threads))
+    # PyTorch counts the machine's cores: more threads than a CPU quota allows get throttled.
+    threads = int(manifest.options.get("intra_op_threads") or available_cpus())
+    torch.set_num_threads(threads)
+    logger.info("PyTorch with %d intra-op threads", threads)
 
 
 class PyTorchModel(Model):

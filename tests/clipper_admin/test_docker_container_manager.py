@@ -28,13 +28,14 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("docker_engine")
 
 
-def _docker_manager(name: str) -> DockerContainerManager:
+def _docker_manager(name: str, **manager_args: Any) -> DockerContainerManager:
     return DockerContainerManager(
         cluster_name=name,
         clipper_query_port=0,
         clipper_management_port=0,
         redis_port=0,
         prometheus_port=0,
+        **manager_args,
     )
 
 
@@ -47,8 +48,10 @@ def _running(cluster: str, **labels: str) -> list[Any]:
 def docker_clusters() -> Iterator[Callable[..., ClipperConnection]]:
     started: list[ClipperConnection] = []
 
-    def start(name: str, **start_clipper_args: Any) -> ClipperConnection:
-        conn = ClipperConnection(_docker_manager(name))
+    def start(
+        name: str, manager_args: dict[str, Any] | None = None, **start_clipper_args: Any
+    ) -> ClipperConnection:
+        conn = ClipperConnection(_docker_manager(name, **(manager_args or {})))
         started.append(conn)
         conn.start_clipper(**start_clipper_args)
         return conn
@@ -256,7 +259,7 @@ def _admin_ready(conn: ClipperConnection) -> Callable[[], bool]:
 
 
 def test_pytorch_and_onnx_models_in_their_images(
-    docker_clusters: Callable[..., ClipperConnection],
+    docker_clusters: Callable[..., ClipperConnection], tmp_path: Path
 ) -> None:
     import numpy as np
     import onnxruntime
@@ -269,7 +272,9 @@ def test_pytorch_and_onnx_models_in_their_images(
 
     data = load_digits()
     x = (data.data / 16.0).astype(np.float32)
-    conn = docker_clusters(f"frameworks-{uuid.uuid4().hex[:6]}")
+    # Containers limited to one CPU (`docker run --cpus 1`), on a machine with more cores.
+    one_cpu = {"extra_container_kwargs": {"nano_cpus": 10**9}}
+    conn = docker_clusters(f"frameworks-{uuid.uuid4().hex[:6]}", manager_args=one_cpu)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
 
@@ -293,3 +298,7 @@ def test_pytorch_and_onnx_models_in_their_images(
         t.split(":")[0] for c in _running(conn.cm.cluster_name) if c.image for t in c.image.tags
     }
     assert {f"{conn.cm.cluster_name}-pt", f"{conn.cm.cluster_name}-sk"} <= images
+    # Each framework runs one thread per CPU the quota allows, not one per core it can see.
+    logs = "".join(Path(p).read_text() for p in conn.get_clipper_logs(str(tmp_path / "logs")))
+    assert "PyTorch with 1 intra-op threads" in logs
+    assert "onnxruntime with 1 intra-op threads" in logs
