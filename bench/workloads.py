@@ -49,9 +49,11 @@ def load_mlp() -> Any:
         return build_mlp()
     import onnxruntime
 
+    from model_containers.cpu_budget import available_cpus
+
     options = onnxruntime.SessionOptions()
-    # One thread per CPU this server may use; onnxruntime's default counts the machine's cores.
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    # As our replicas do: onnxruntime's own default counts the machine's cores.
+    options.intra_op_num_threads = available_cpus()
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 

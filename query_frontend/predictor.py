@@ -99,15 +99,14 @@ class Predictor:
                 hits += 1
             if future is None and queue is not None:
                 future = self._cache.start(key)
-                try:
-                    if expired:
-                        raise QueryExpired()
-                    queue.put(item, deadline, future)
-                except QueryExpired as e:
-                    future.set_exception(e)
-                except Overloaded as e:
-                    future.set_exception(e)
-                    overloaded += 1
+                if expired:
+                    future.set_exception(QueryExpired())
+                else:
+                    try:
+                        queue.put(item, deadline, future)
+                    except Overloaded as e:
+                        future.set_exception(e)
+                        overloaded += 1
             futures.append(future)
         self._metrics.ratio(f"model:{name}:{version}:cache_hit_ratio").increment(
             hits, len(request.inputs)
