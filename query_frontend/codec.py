@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 from management.input_types import InputType
 from query_frontend.errors import JSON_ERROR, QueryError
@@ -21,6 +22,7 @@ _SCHEMA_TEXT = (
     "[float],\n  }\n"
 )
 _WIRE_DTYPES = {"i": "<i4", "f": "<f4", "d": "<f8"}
+_INT32 = np.iinfo(np.int32)
 _INTEGER_TYPES: set[type] = {int}
 _NUMBER_TYPES: set[type] = {int, float}
 _JSON_TYPE_NAMES = {
@@ -46,6 +48,10 @@ def json_error(detail: str) -> QueryError:
 
 
 def parse_predict_request(body: bytes, input_type: InputType) -> PredictRequest:
+    if input_type in _NUMERIC_CODES:
+        request = _parse_numeric(body, _NUMERIC_CODES[input_type])
+        if request is not None:
+            return request
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -74,6 +80,68 @@ def parse_predict_request(body: bytes, input_type: InputType) -> PredictRequest:
         ]
         return PredictRequest(inputs, version, True)
     raise json_error("JSON object does not have required keys input or input_batch")
+
+
+_NUMERIC_CODES = {InputType.INTEGERS: "i", InputType.FLOATS: "f", InputType.DOUBLES: "d"}
+
+
+class _Unusual(Exception):
+    """The request is not a plain one: the full parser handles it and names any problem."""
+
+
+def _parse_numeric(body: bytes, code: str) -> PredictRequest | None:
+    """A well-formed request of numeric arrays, parsed straight into machine numbers.
+
+    simdjson reads each array into a buffer of doubles or 64-bit integers without making a
+    Python object per number, which halves the frontend's cost of a large numeric input. Any
+    request it cannot take as is (bad JSON, a boolean or string among the numbers, a value out
+    of range) returns None, so errors keep the full parser's wording.
+    """
+    try:
+        # A parser per request: simdjson forbids reusing one while any value it returned is
+        # alive, which an exception's traceback may keep so. Creating one costs well under 1 µs.
+        doc = simdjson.Parser().parse(body)
+        # A repeated key is left to the full parser, which keeps the last one as orjson does.
+        if not isinstance(doc, simdjson.Object) or len(set(doc.keys())) != len(doc):
+            return None
+        version = doc.get("version")
+        if version is not None:
+            if isinstance(version, bool) or not isinstance(version, (str, int)):
+                return None
+            version = str(version)
+        # as_buffer flattens nested arrays, so an input holding arrays must not reach it: each
+        # input array is one "[", and input_batch one more. A "[" inside a string only sends
+        # the request to the full parser.
+        brackets = body.count(b"[")
+        if "input" in doc:
+            if brackets != 1:
+                return None
+            return PredictRequest([_pack_numbers(doc["input"], code)], version, False)
+        batch = doc.get("input_batch")
+        if isinstance(batch, simdjson.Array) and brackets == len(batch) + 1:
+            return PredictRequest([_pack_numbers(item, code) for item in batch], version, True)
+    except (ValueError, TypeError, _Unusual):
+        pass
+    return None
+
+
+def _pack_numbers(value: Any, code: str) -> bytes:
+    if not isinstance(value, simdjson.Array):
+        raise _Unusual()
+    if code == "i":
+        wide = np.frombuffer(value.as_buffer(of_type="i"), dtype=np.int64)
+        if len(wide) and (wide.min() < _INT32.min or wide.max() > _INT32.max):
+            raise _Unusual()
+        return wide.astype("<i4").tobytes()
+    doubles = np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64)
+    if code == "d":
+        return doubles.astype("<f8", copy=False).tobytes()
+    with np.errstate(over="ignore"):
+        floats = doubles.astype("<f4")
+    # JSON has no infinity, so an infinite float is a double too large for 32 bits.
+    if not np.isfinite(floats).all():
+        raise _Unusual()
+    return floats.tobytes()
 
 
 def encode_input(value: Any, input_type: InputType, where: str) -> bytes:

@@ -1,0 +1,98 @@
+"""Predict requests parse into the same wire inputs however the numbers are written."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+
+from management.input_types import InputType
+from query_frontend.codec import encode_input, parse_predict_request
+from query_frontend.errors import QueryError
+
+NUMERIC = [InputType.INTEGERS, InputType.FLOATS, InputType.DOUBLES]
+
+
+def _documents(input_type: InputType) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(7)
+    if input_type is InputType.INTEGERS:
+        values: list[Any] = [0, -1, 2**31 - 1, -(2**31), *rng.integers(-1000, 1000, 500).tolist()]
+    else:
+        values = [
+            0.0,
+            -0.0,
+            1,
+            0.1,
+            1e-50,
+            3.4028235e38,
+            -3.4028235e38,
+            2**63,
+            *rng.standard_normal(500).tolist(),
+            *rng.random(100).round(4).tolist(),
+        ]
+    return [
+        {"input": values},
+        {"input": []},
+        {"input": values[:3], "version": "v2"},
+        {"input": values[:3], "version": 7},
+        {"input_batch": [values, values[:1], []], "version": None},
+        {"input_batch": []},
+        {"input": values[:2], "input_batch": [values[:1]]},
+    ]
+
+
+@pytest.mark.parametrize("input_type", NUMERIC, ids=lambda t: t.name)
+def test_numeric_inputs_match_the_elementwise_encoding(input_type: InputType) -> None:
+    for doc in _documents(input_type):
+        request = parse_predict_request(json.dumps(doc).encode(), input_type)
+        if "input" in doc:
+            expected = [encode_input(doc["input"], input_type, "input")]
+        else:
+            expected = [encode_input(v, input_type, "input") for v in doc["input_batch"]]
+        assert request.inputs == expected, doc
+        assert request.is_batch == ("input" not in doc)
+        version = doc.get("version")
+        assert request.version == (None if version is None else str(version))
+
+
+def test_numbers_arrive_in_little_endian_wire_form() -> None:
+    body = b'{"input_batch": [[1.5, -2], [0.1]]}'
+    floats = parse_predict_request(body, InputType.FLOATS).inputs
+    assert floats == [struct.pack("<2f", 1.5, -2), struct.pack("<f", 0.1)]
+    doubles = parse_predict_request(body, InputType.DOUBLES).inputs
+    assert doubles == [struct.pack("<2d", 1.5, -2), struct.pack("<d", 0.1)]
+    ints = parse_predict_request(b'{"input": [1, -2, 2147483647]}', InputType.INTEGERS)
+    assert ints.inputs == [struct.pack("<3i", 1, -2, 2147483647)]
+
+
+def test_a_repeated_key_keeps_its_last_value() -> None:
+    request = parse_predict_request(b'{"input": [1, 2], "input": [3]}', InputType.DOUBLES)
+    assert request.inputs == [struct.pack("<d", 3)]
+
+
+@pytest.mark.parametrize(
+    ("input_type", "body", "cause"),
+    [
+        (InputType.DOUBLES, b'{"input": [1.0, null]}', "Array input of type Null"),
+        (InputType.FLOATS, b'{"input_batch": [[1.0], [0.5, true]]}', "of type Bool"),
+        (InputType.FLOATS, b'{"input": [1e39]}', "does not fit 32-bit floats"),
+        (InputType.INTEGERS, b'{"input": [2147483648]}', "does not fit 32-bit integers"),
+        (InputType.INTEGERS, b'{"input": [-2147483649]}', "does not fit 32-bit integers"),
+        (InputType.INTEGERS, b'{"input": [1E2]}', "of type Number is not of type integer"),
+        (InputType.DOUBLES, b'{"input": [[1.0]]}', "Array input of type Array"),
+        (InputType.DOUBLES, b'{"input_batch": [[[1.0]], [[2.0]]]}', "of type Array"),
+        (InputType.DOUBLES, b'{"input_batch": [[1.0, [2.0]]]}', "of type Array"),
+        (InputType.DOUBLES, b'{"input": [1.0], "version": false}', "key version expected"),
+        (InputType.DOUBLES, b'{"input": [1.0]} trailing', "JSON parse error"),
+        (InputType.DOUBLES, b'{"input": [1.0', "JSON parse error"),
+    ],
+)
+def test_unusual_numeric_input_gets_the_precise_error(
+    input_type: InputType, body: bytes, cause: str
+) -> None:
+    with pytest.raises(QueryError) as raised:
+        parse_predict_request(body, input_type)
+    assert cause in raised.value.cause
