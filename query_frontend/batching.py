@@ -76,6 +76,7 @@ class LatencyModel:
         self.per_item_s = 0.0
         self.best_rate_per_s = 0.0
         self.largest_seen = 0
+        self._slope_measured = False
 
     @property
     def fitted(self) -> bool:
@@ -104,13 +105,22 @@ class LatencyModel:
         mean_y = sum(y for _, y in self._samples) / n
         var_x = sum((x - mean_x) ** 2 for x, _ in self._samples)
         if var_x == 0:
-            # One size seen so far: charge it all per item, which overestimates larger batches
-            # and so grows them cautiously.
-            self.fixed_s, self.per_item_s = 0.0, mean_y / mean_x
+            # One size in the window tells the level, not the slope. Keep the slope last
+            # measured and move the line through this size: when overload has shrunk every
+            # batch to one size, charging it all per item would predict every larger batch
+            # too slow to try, and the batches would never grow back.
+            if self._slope_measured:
+                self.per_item_s = min(self.per_item_s, mean_y / mean_x)
+                self.fixed_s = mean_y - self.per_item_s * mean_x
+            else:
+                # None measured yet: charge it all per item, which overestimates larger
+                # batches and so grows them cautiously.
+                self.fixed_s, self.per_item_s = 0.0, mean_y / mean_x
             return
         slope = sum((x - mean_x) * (y - mean_y) for x, y in self._samples) / var_x
         self.per_item_s = max(slope, 0.0)
         self.fixed_s = max(mean_y - self.per_item_s * mean_x, 0.0)
+        self._slope_measured = True
 
     def predict_s(self, size: int) -> float:
         measured = self._by_size.get(size)
@@ -191,10 +201,13 @@ class BatchPolicy:
         if not latency.trusted:
             return min(queued, target), 0.0
         now_size, now_score = 1, -1.0
-        for size in range(1, len(budgets_s) + 1):
+        urgent = len(budgets_s)
+        for size in range(1, urgent + 1):
             predicted_s = latency.predict_s(size)
-            late = bisect.bisect_right(budgets_s, predicted_s, 0, size)
-            score = (size - late) / max(predicted_s, 1e-9)
+            # The queries that would be late in this batch are shed, and the ones behind them
+            # take their places: count every query that would make it, not only the first.
+            on_time = min(size, urgent - bisect.bisect_right(budgets_s, predicted_s))
+            score = on_time / max(predicted_s, 1e-9)
             if score >= now_score:
                 now_size, now_score = size, score
         if now_size < queued or now_size >= target or arrival_rate_per_s <= 0:
@@ -233,6 +246,9 @@ class ModelQueue:
 
     ADMISSION_FACTOR = 2.0
     RATE_WINDOW = 32
+    # After this long with no batch sent, the latency model is doubted: queries are admitted
+    # and one is sent even if predicted late, so that the model measures again.
+    RELEARN_S = 0.5
 
     def __init__(
         self,
@@ -255,33 +271,43 @@ class ModelQueue:
         self._timer_deadline = float("inf")
         # Recent arrival times, to judge whether waiting for more work pays.
         self._arrivals: deque[float] = deque(maxlen=self.RATE_WINDOW)
+        self._last_batch_at = time.monotonic()
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def put(self, item: bytes, deadline: float, future: asyncio.Future[str]) -> None:
-        """Queues a query; raises Overloaded when it could not be answered within its deadline."""
-        now = time.monotonic()
+    def admits(self, deadline: float) -> bool:
+        """Whether a new query with this deadline is worth queueing: `put` refuses it if not."""
         # Refuse only clearly hopeless work: a refusal is instant, so a client that retries at
         # once would otherwise keep the frontend busy refusing while the model starves.
-        hopeless_s = self.ADMISSION_FACTOR * (deadline - now)
-        if len(self._heap) >= self.max_len or self._expected_wait_s() > hopeless_s:
+        hopeless_s = self.ADMISSION_FACTOR * (deadline - time.monotonic())
+        return len(self._heap) < self.max_len and self._expected_wait_s() <= hopeless_s
+
+    def put(self, item: bytes, deadline: float, future: asyncio.Future[str]) -> None:
+        """Queues a query; raises Overloaded when it could not be answered within its deadline."""
+        if not self.admits(deadline):
             raise Overloaded()
+        now = time.monotonic()
         self._arrivals.append(now)
         heapq.heappush(self._heap, Query(deadline, next(self._seq), item, future))
         self._on_change()
 
     def _expected_wait_s(self) -> float:
-        """How long a new query would wait, at the best rate the replicas have shown or the
-        fitted model promises at full batches; 0 until the model is trusted."""
+        """How long a new query would take to be answered, at the best rate the replicas have
+        shown or the fitted model promises at full batches; 0 until the model is trusted, and
+        while no batch has gone for RELEARN_S, so that a wrong prediction cannot refuse every
+        query from then on."""
         latency = self.policy.latency
-        if not latency.trusted or not self._heap:
+        if not latency.trusted or self._relearning():
             return 0.0
         cap = self.policy.cap
         rate_per_replica = max(latency.best_rate_per_s, cap / max(latency.predict_s(cap), 1e-9))
         return len(self._heap) / (rate_per_replica * max(self.num_workers, 1)) + latency.predict_s(
             1
         )
+
+    def _relearning(self) -> bool:
+        return time.monotonic() - self._last_batch_at > self.RELEARN_S
 
     def requeue(self, queries: list[Query]) -> None:
         for query in queries:
@@ -383,10 +409,13 @@ class ModelQueue:
                 late.append(query)
             else:
                 batch.append(query)
-        if not batch and late:
+        if not batch and late and self._relearning():
             # Send one anyway: a batch keeps the latency model learning, so a wrong
-            # prediction cannot shed every query from now on.
+            # prediction cannot shed every query from now on. Not more often: under overload
+            # every batch of one late query takes the core from queries that could be saved.
             batch.append(late.pop())
+        if batch:
+            self._last_batch_at = now
         for query in late:
             # It would be answered after its deadline: answer it with the default now.
             query.future.set_exception(QueryExpired())

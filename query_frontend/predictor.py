@@ -13,7 +13,7 @@ from typing import Any
 from management.input_types import parse_input_type
 from query_frontend.batching import BatchStats, Overloaded, QueryExpired, QueryFailed
 from query_frontend.cache import PredictionCache
-from query_frontend.codec import PredictRequest, output_value, parse_predict_request
+from query_frontend.codec import output_value, parse_predict_request
 from query_frontend.errors import NOT_FOUND, QUERY_PROCESSING_ERROR, QueryError
 from query_frontend.loop_lag import LoopLag
 from query_frontend.metrics import MetricsRegistry
@@ -64,7 +64,8 @@ class Predictor:
     def known_app(self, app_name: str) -> bool:
         return self._router.app(app_name) is not None
 
-    async def predict(self, app_name: str, body: bytes) -> tuple[PredictRequest, list[Prediction]]:
+    async def predict(self, app_name: str, body: bytes) -> tuple[bool, list[Prediction]]:
+        """The predictions for one request body, and whether it was an input_batch request."""
         # The SLO counts from about when the request arrived, not from when the busy loop
         # got to it.
         unread_s = self._loop_lag.seconds
@@ -75,18 +76,23 @@ class Predictor:
             app = self._router.app(app_name)
         if app is None:
             raise QueryError(NOT_FOUND, f"No application named '{app_name}' exists", status=404)
+        deadline = started + app.latency_slo_micros / 1e6
+        default = _default_value(app.default_output)
+        refusal = self._refuse_unparsed(app_name, body, deadline, default)
+        if refusal is not None:
+            refused_model, prediction = refusal
+            self._record(app_name, refused_model, [prediction], started, unread_s)
+            return False, [prediction]
         request = parse_predict_request(body, parse_input_type(app.input_type))
         model_id = await self._route(app_name, request.version)
         ids = [next(self._query_ids) for _ in request.inputs]
-        default = _default_value(app.default_output)
         if model_id is None:
             predictions = [Prediction(i, default, True, NO_MODELS_EXPLANATION) for i in ids]
             self._record(app_name, None, predictions, started, unread_s)
-            return request, predictions
+            return request.is_batch, predictions
 
         name, version = model_id
         futures: list[asyncio.Future[str] | None] = []
-        deadline = started + app.latency_slo_micros / 1e6
         queue = self._router.queue(name, version)
         # A request that waited unread past its SLO is not queued: it would only delay the
         # queries behind it.
@@ -121,7 +127,37 @@ class Predictor:
         for query_id, future in zip(ids, futures, strict=True):
             predictions.append(self._settle(query_id, future, default))
         self._record(app_name, model_id, predictions, started, unread_s)
-        return request, predictions
+        return request.is_batch, predictions
+
+    def _refuse_unparsed(
+        self, app_name: str, body: bytes, deadline: float, default: Any
+    ) -> tuple[tuple[str, str], Prediction] | None:
+        """The default for a single-input request that the model's queue would refuse or that
+        expired unread, decided before the body is parsed.
+
+        Under overload, parsing a request costs the frontend as much as answering it, so
+        parsing what will be refused takes the core from the model and goodput falls. Only a
+        request for the current version with one input can be answered unparsed: any other
+        (or any body the byte test cannot vouch for) is parsed as usual, and its queries are
+        refused one by one. No cached answer is looked for: its key is the parsed input.
+        """
+        model_id = self._resolve(app_name, None)
+        if model_id is None:
+            return None
+        queue = self._router.queue(*model_id)
+        if queue is None:
+            return None
+        expired = deadline <= time.monotonic()
+        if not expired and queue.admits(deadline):
+            return None
+        if not _plain_single_input(body):
+            return None
+        if expired:
+            explanation = SLO_EXPLANATION
+        else:
+            explanation = OVERLOADED_EXPLANATION
+            self._metrics.counter(f"model:{model_id[0]}:{model_id[1]}:overloaded").increment(1)
+        return model_id, Prediction(next(self._query_ids), default, True, explanation)
 
     async def _route(self, app_name: str, version: str | None) -> tuple[str, str] | None:
         try:
@@ -197,6 +233,19 @@ class Predictor:
             m.counter(f"model:{name}:{version}:num_predictions").increment(n - defaults)
             m.meter(f"model:{name}:{version}:prediction_throughput").mark(n - defaults)
             m.histogram(f"model:{name}:{version}:prediction_latency").insert(latency_us)
+
+
+def _plain_single_input(body: bytes) -> bool:
+    """Whether the body, if valid, is a request with one input for the current version.
+
+    A JSON key may be written with escapes, so a body with any escape is not vouched for.
+    """
+    return (
+        b'"input"' in body
+        and b'"input_batch"' not in body
+        and b'"version"' not in body
+        and b"\\" not in body
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -56,8 +56,10 @@ async def error_middleware(
 
 async def predict(request: web.Request) -> web.Response:
     body = await request.read()
-    parsed, predictions = await request.app[PREDICTOR_KEY].predict(request.match_info["app"], body)
-    if parsed.is_batch and len(predictions) != 1:
+    is_batch, predictions = await request.app[PREDICTOR_KEY].predict(
+        request.match_info["app"], body
+    )
+    if is_batch and len(predictions) != 1:
         return _json({"batch_predictions": [p.to_json() for p in predictions]})
     return _json(predictions[0].to_json())
 

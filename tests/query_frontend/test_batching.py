@@ -51,6 +51,28 @@ def test_latency_model_forgets_a_cold_start_and_ignores_outliers() -> None:
     assert model.predict_s(2) == pytest.approx(0.02, rel=0.01)
 
 
+def test_a_window_of_one_batch_size_keeps_the_measured_slope() -> None:
+    model = LatencyModel()
+    for size in (1, 8, 32, 1, 8, 32):
+        model.observe(size, 0.010 + 0.001 * size)
+    # Overload has shrunk every batch to one size, in a slower spell: the level moves, but the
+    # cost of larger batches is still known, so they stay worth trying.
+    for _ in range(100):
+        model.observe(2, 0.020)
+    assert model.fixed_s + 2 * model.per_item_s == pytest.approx(0.020)
+    assert 0.0005 < model.per_item_s <= 0.001
+    # Charging all of it per item, as before, predicted only 6 within 60 ms.
+    assert model.largest_size_within(0.060, cap=64) >= 40
+
+
+def test_a_first_size_alone_is_charged_per_item() -> None:
+    model = LatencyModel()
+    for _ in range(10):
+        model.observe(4, 0.040)
+    assert model.fixed_s == 0.0
+    assert model.per_item_s == pytest.approx(0.010)
+
+
 def test_fixed_batch_size_is_used_before_any_measurement() -> None:
     assert BatchPolicy(9, 64, 0.0).target_size(30.0) == 9
     assert BatchPolicy(-1, 64, 0.0).target_size(30.0) == 1
@@ -83,7 +105,7 @@ async def test_queries_that_would_finish_late_are_shed_not_sent() -> None:
         queue.policy.observe(1, 0.2, True)  # trusted: a batch of one takes 200 ms
     late, on_time = _future(), _future()
     now = time.monotonic()
-    queue.put(b"late", now + 0.1, late)
+    queue.put(b"late", now + 0.15, late)  # admitted: not hopeless, only late
     queue.put(b"on-time", now + 5.0, on_time)
     batch = await queue.take()
     assert [q.item for q in batch] == [b"on-time"]
@@ -91,14 +113,41 @@ async def test_queries_that_would_finish_late_are_shed_not_sent() -> None:
         late.result()
 
 
-async def test_a_batch_is_sent_even_if_all_look_late() -> None:
+async def test_a_query_that_looks_late_is_sent_when_no_batch_has_gone_for_a_while() -> None:
     queue = _queue()
     for _ in range(10):
         queue.policy.observe(1, 1.0, True)
+    await asyncio.sleep(ModelQueue.RELEARN_S)
+    # The model may have been measured in a slow spell: it gets to measure again.
     future = _future()
-    queue.put(b"x", time.monotonic() + 0.5, future)
+    queue.put(b"x", time.monotonic() + 0.1, future)  # admitted, though predicted hopeless
     batch = await queue.take()
     assert [q.item for q in batch] == [b"x"]
+
+
+async def test_queries_that_all_look_late_are_shed_while_batches_are_going() -> None:
+    queue = _queue()
+    for _ in range(10):
+        queue.policy.observe(1, 0.2, True)
+    queue.put(b"on-time", time.monotonic() + 5.0, _future())
+    assert len(await queue.take()) == 1  # a batch has just gone
+    late = _future()
+    queue.put(b"late", time.monotonic() + 0.15, late)
+    taker = asyncio.create_task(queue.take())
+    with pytest.raises(QueryExpired):
+        await asyncio.wait_for(late, 1.0)
+    assert not taker.done()  # the late query was not sent: the worker still waits for work
+    taker.cancel()
+
+
+async def test_a_query_with_less_budget_than_a_batch_of_one_takes_is_refused() -> None:
+    queue = _queue()
+    for _ in range(10):
+        queue.policy.observe(1, 0.2, True)
+    queue.put(b"first", time.monotonic() + 5.0, _future())
+    await queue.take()
+    assert queue.admits(time.monotonic() + 0.11)
+    assert not queue.admits(time.monotonic() + 0.05)  # even an empty queue cannot make it
 
 
 async def test_overload_is_refused_at_once() -> None:
@@ -177,6 +226,26 @@ async def test_an_urgent_head_does_not_shrink_the_batch_for_the_queue_behind_it(
     assert [q.item for q in batch] == [b"patient"] * 30
     with pytest.raises(QueryExpired):
         urgent.result()
+
+
+async def test_doomed_queries_at_the_head_do_not_shrink_the_batch_behind_them() -> None:
+    queue = _queue()
+    for size in (1, 16, 64, 1, 16, 64, 1, 16, 64):
+        queue.policy.observe(size, 0.002 + 0.0004 * size, True)
+    now = time.monotonic()
+    # As in an overload: the queue spread over the whole budget, 5 to 36.5 ms left.
+    futures = [_future() for _ in range(64)]
+    deadlines = [now + 0.005 + 0.0005 * i for i in range(64)]
+    for future, deadline in zip(futures, deadlines, strict=True):
+        queue.put(b"q", deadline, future)
+    batch = await queue.take()
+    # About 38 queries: those with less budget than that batch takes are shed, and the ones
+    # behind them fill it. Counting only the most urgent queries as candidates, as before,
+    # chose a batch of 7 and left the rest to expire behind it.
+    assert len(batch) >= 30
+    shed = [d for f, d in zip(futures, deadlines, strict=True) if f.done()]
+    assert shed and all(isinstance(f.exception(), QueryExpired) for f in futures if f.done())
+    assert min(q.deadline for q in batch) > max(shed)
 
 
 async def test_a_rare_query_is_sent_at_once() -> None:

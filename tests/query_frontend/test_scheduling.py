@@ -75,6 +75,46 @@ def test_overload_is_shed_with_an_explanation_and_answers_stay_within_the_slo(
     assert int(counters["model:busy:1:overloaded"]["count"]) >= 150
 
 
+def test_single_queries_to_a_saturated_model_get_the_overload_default_at_once(
+    clipper_conn: ClipperConnection,
+) -> None:
+    def busy(xs: np.ndarray) -> list[float]:
+        time.sleep(0.02 * len(xs))
+        return [float(x[0]) for x in xs]
+
+    create_endpoint(clipper_conn, "full", "doubles", busy, default_output="-1",
+                    slo_micros=200_000, batch_size=1)  # fmt: skip
+    for i in range(12):  # enough batches for the frontend to trust its latency model
+        assert predict(clipper_conn, "full", {"input": [float(i)]})["default"] is False
+    replies: list[tuple[dict[str, Any], float]] = []
+
+    def ask(body: dict[str, Any]) -> None:
+        started = time.monotonic()
+        response = predict(clipper_conn, "full", body)
+        replies.append((response, time.monotonic() - started))
+
+    flood = threading.Thread(target=ask, args=({"input_batch": [[float(i)] for i in range(200)]},))
+    flood.start()
+    time.sleep(0.05)  # the 200 queries fill the queue
+    singles = [threading.Thread(target=ask, args=({"input": [500.0 + i]},)) for i in range(30)]
+    for single in singles:
+        single.start()
+    for thread in [flood, *singles]:
+        thread.join(10)
+    answers = [(r, s) for r, s in replies if "batch_predictions" not in r]
+    assert len(answers) == 30
+    refused = [s for r, s in answers if r.get("default_explanation") == OVERLOADED_EXPLANATION]
+    assert len(refused) >= 20
+    assert max(refused) < 0.15  # at once: not after the 200 ms SLO
+    for response, _ in answers:
+        assert isinstance(response["query_id"], int)
+        assert response["output"] == -1 if response["default"] else response["output"] >= 0
+    counters = {k: v for e in clipper_conn.inspect_instance()["counters"] for k, v in e.items()}
+    assert int(counters["model:full:1:overloaded"]["count"]) >= 150 + len(refused)
+    time.sleep(0.3)  # the queue has drained: a new query is answered again
+    assert predict(clipper_conn, "full", {"input": [4.0]})["output"] == 4.0
+
+
 def test_expired_queries_are_never_sent(clipper_conn: ClipperConnection, tmp_path: Path) -> None:
     seen = tmp_path / "seen.txt"
 
