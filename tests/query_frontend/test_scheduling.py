@@ -50,17 +50,24 @@ def test_a_replica_killed_mid_batch_loses_no_query(clipper_conn: ClipperConnecti
     assert {p["output"] for p in outputs} == {pids[1]}
 
 
-def test_overload_is_shed_with_an_explanation_and_answers_stay_within_the_slo(
-    clipper_conn: ClipperConnection,
-) -> None:
+def _deploy_busy_model(conn: ClipperConnection, app: str) -> None:
+    """A model that takes 20 ms per query, one at a time, with a 200 ms SLO, measured enough
+    for the frontend to trust its latency model."""
+
     def busy(xs: np.ndarray) -> list[float]:
         time.sleep(0.02 * len(xs))
         return [float(x[0]) for x in xs]
 
-    create_endpoint(clipper_conn, "busy", "doubles", busy, default_output="-1",
-                    slo_micros=200_000, batch_size=1)  # fmt: skip
-    for i in range(12):  # enough batches for the frontend to trust its latency model
-        assert predict(clipper_conn, "busy", {"input": [float(i)]})["default"] is False
+    create_endpoint(conn, app, "doubles", busy, default_output="-1", slo_micros=200_000,
+                    batch_size=1)  # fmt: skip
+    for i in range(12):
+        assert predict(conn, app, {"input": [float(i)]})["default"] is False
+
+
+def test_overload_is_shed_with_an_explanation_and_answers_stay_within_the_slo(
+    clipper_conn: ClipperConnection,
+) -> None:
+    _deploy_busy_model(clipper_conn, "busy")
     started = time.monotonic()
     response = predict(clipper_conn, "busy", {"input_batch": [[1000.0 + i] for i in range(200)]})
     elapsed = time.monotonic() - started
@@ -78,14 +85,7 @@ def test_overload_is_shed_with_an_explanation_and_answers_stay_within_the_slo(
 def test_single_queries_to_a_saturated_model_get_the_overload_default_at_once(
     clipper_conn: ClipperConnection,
 ) -> None:
-    def busy(xs: np.ndarray) -> list[float]:
-        time.sleep(0.02 * len(xs))
-        return [float(x[0]) for x in xs]
-
-    create_endpoint(clipper_conn, "full", "doubles", busy, default_output="-1",
-                    slo_micros=200_000, batch_size=1)  # fmt: skip
-    for i in range(12):  # enough batches for the frontend to trust its latency model
-        assert predict(clipper_conn, "full", {"input": [float(i)]})["default"] is False
+    _deploy_busy_model(clipper_conn, "full")
     replies: list[tuple[dict[str, Any], float]] = []
 
     def ask(body: dict[str, Any]) -> None:
