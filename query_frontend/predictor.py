@@ -24,6 +24,9 @@ OVERLOADED_EXPLANATION = (
     "Model is overloaded: its queue holds more work than it can finish within the latency SLO"
 )
 SLO_EXPLANATION = "Failed to retrieve a prediction response within the specified latency SLO"
+# Of the SLO, the share kept for writing the reply and its trip to the client, up to a cap.
+REPLY_MARGIN_SHARE = 0.02
+REPLY_MARGIN_MAX_S = 0.002
 
 
 @dataclass(slots=True)
@@ -76,7 +79,10 @@ class Predictor:
             app = self._router.app(app_name)
         if app is None:
             raise QueryError(NOT_FOUND, f"No application named '{app_name}' exists", status=404)
-        deadline = started + app.latency_slo_micros / 1e6
+        slo_s = app.latency_slo_micros / 1e6
+        # The reply must reach the client within the SLO, so the answer or default is due a
+        # little before it: writing and sending the reply takes time too.
+        deadline = started + slo_s - min(slo_s * REPLY_MARGIN_SHARE, REPLY_MARGIN_MAX_S)
         default = _default_value(app.default_output)
         refusal = self._refuse_unparsed(app_name, body, deadline, default)
         if refusal is not None:
