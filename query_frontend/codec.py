@@ -48,7 +48,7 @@ def json_error(detail: str) -> QueryError:
 
 
 def parse_predict_request(body: bytes, input_type: InputType) -> PredictRequest:
-    if input_type in _NUMERIC_CODES:
+    if input_type in _NUMERIC_CODES and len(body) >= _SIMDJSON_MIN_BYTES:
         request = _parse_numeric(body, _NUMERIC_CODES[input_type])
         if request is not None:
             return request
@@ -83,6 +83,9 @@ def parse_predict_request(body: bytes, input_type: InputType) -> PredictRequest:
 
 
 _NUMERIC_CODES = {InputType.INTEGERS: "i", InputType.FLOATS: "f", InputType.DOUBLES: "d"}
+# Below about this size, orjson and struct are faster than simdjson and numpy's fixed costs
+# (2.2 against 5.9 us for 4 doubles; 11.2 against 10.3 us for 128 in a 0.9 KB body).
+_SIMDJSON_MIN_BYTES = 1024
 
 
 class _Unusual(Exception):

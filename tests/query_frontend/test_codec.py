@@ -58,6 +58,16 @@ def test_numeric_inputs_match_the_elementwise_encoding(input_type: InputType) ->
         assert request.version == (None if version is None else str(version))
 
 
+@pytest.mark.parametrize("input_type", NUMERIC, ids=lambda t: t.name)
+def test_small_and_large_bodies_parse_alike(input_type: InputType) -> None:
+    # Bodies under and over the size at which simdjson takes over.
+    for length in (1, 100, 200, 400, 1000):
+        values = list(range(-length // 2, length - length // 2))
+        body = json.dumps({"input_batch": [values, values[:3]]}).encode()
+        expected = [encode_input(v, input_type, "input") for v in (values, values[:3])]
+        assert parse_predict_request(body, input_type).inputs == expected
+
+
 def test_numbers_arrive_in_little_endian_wire_form() -> None:
     body = b'{"input_batch": [[1.5, -2], [0.1]]}'
     floats = parse_predict_request(body, InputType.FLOATS).inputs
