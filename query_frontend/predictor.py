@@ -127,7 +127,7 @@ class Predictor:
             self._metrics.counter(f"model:{name}:{version}:overloaded").increment(overloaded)
         pending = [f for f in futures if f is not None and not f.done()]
         if pending:
-            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+            await _wait_until(pending, deadline)
 
         predictions = []
         for query_id, future in zip(ids, futures, strict=True):
@@ -239,6 +239,37 @@ class Predictor:
             m.counter(f"model:{name}:{version}:num_predictions").increment(n - defaults)
             m.meter(f"model:{name}:{version}:prediction_throughput").mark(n - defaults)
             m.histogram(f"model:{name}:{version}:prediction_latency").insert(latency_us)
+
+
+async def _wait_until(futures: list[asyncio.Future[str]], deadline: float) -> None:
+    """Returns when every future is done or the deadline (on the loop's monotonic clock) comes.
+
+    asyncio.wait does the same with sets, a per-call timeout computation and more callbacks;
+    this runs once per request, so its cost is the frontend's.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    remaining = len(futures)
+
+    def one_done(_: asyncio.Future[str]) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0 and not waiter.done():
+            waiter.set_result(None)
+
+    def timed_out() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    timer = loop.call_at(deadline, timed_out)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        for future in futures:
+            future.remove_done_callback(one_done)
 
 
 def _plain_single_input(body: bytes) -> bool:
