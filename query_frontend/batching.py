@@ -283,9 +283,14 @@ class ModelQueue:
         hopeless_s = self.ADMISSION_FACTOR * (deadline - time.monotonic())
         return len(self._heap) < self.max_len and self._expected_wait_s() <= hopeless_s
 
-    def put(self, item: bytes, deadline: float, future: asyncio.Future[str]) -> None:
-        """Queues a query; raises Overloaded when it could not be answered within its deadline."""
-        if not self.admits(deadline):
+    def put(
+        self, item: bytes, deadline: float, future: asyncio.Future[str], admitted: bool = False
+    ) -> None:
+        """Queues a query; raises Overloaded when it could not be answered within its deadline.
+
+        `admitted`: the caller has just had `admits` say yes for this deadline.
+        """
+        if not admitted and not self.admits(deadline):
             raise Overloaded()
         now = time.monotonic()
         self._arrivals.append(now)

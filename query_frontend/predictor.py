@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from management.input_types import parse_input_type
-from query_frontend.batching import BatchStats, Overloaded, QueryExpired, QueryFailed
+from query_frontend.batching import (
+    BatchStats,
+    ModelQueue,
+    Overloaded,
+    QueryExpired,
+    QueryFailed,
+)
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import output_value, parse_predict_request
 from query_frontend.errors import NOT_FOUND, QUERY_PROCESSING_ERROR, QueryError
@@ -106,7 +112,7 @@ class Predictor:
         # little before it: writing and sending the reply takes time too.
         deadline = started + slo_s - min(slo_s * REPLY_MARGIN_SHARE, REPLY_MARGIN_MAX_S)
         default = _default_value(app.default_output)
-        refusal = self._refuse_unparsed(app_name, body, deadline, default)
+        refusal, admitted_by = self._refuse_unparsed(app_name, body, deadline, default)
         if refusal is not None:
             refused_model, prediction = refusal
             self._record(app_name, refused_model, [prediction], started, unread_s)
@@ -137,7 +143,9 @@ class Predictor:
                     future.set_exception(QueryExpired())
                 else:
                     try:
-                        queue.put(item, deadline, future)
+                        # The first query was admitted before parsing: not judged twice.
+                        queue.put(item, deadline, future, admitted=queue is admitted_by)
+                        admitted_by = None
                     except Overloaded as e:
                         future.set_exception(e)
                         overloaded += 1
@@ -159,9 +167,10 @@ class Predictor:
 
     def _refuse_unparsed(
         self, app_name: str, body: bytes, deadline: float, default: Any
-    ) -> tuple[tuple[str, str], Prediction] | None:
+    ) -> tuple[tuple[tuple[str, str], Prediction] | None, ModelQueue | None]:
         """The default for a single-input request that the model's queue would refuse or that
-        expired unread, decided before the body is parsed.
+        expired unread, decided before the body is parsed; else no default, and the queue of
+        the current version if it admitted a query with this deadline.
 
         Under overload, parsing a request costs the frontend as much as answering it, so
         parsing what will be refused takes the core from the model and goodput falls. Only a
@@ -171,21 +180,21 @@ class Predictor:
         """
         model_id = self._resolve(app_name, None)
         if model_id is None:
-            return None
+            return None, None
         queue = self._router.queue(*model_id)
         if queue is None:
-            return None
+            return None, None
         expired = deadline <= time.monotonic()
         if not expired and queue.admits(deadline):
-            return None
+            return None, queue
         if not _plain_single_input(body):
-            return None
+            return None, None
         if expired:
             explanation = SLO_EXPLANATION
         else:
             explanation = OVERLOADED_EXPLANATION
             self._metrics.counter(f"model:{model_id[0]}:{model_id[1]}:overloaded").increment(1)
-        return model_id, Prediction(next(self._query_ids), default, True, explanation)
+        return (model_id, Prediction(next(self._query_ids), default, True, explanation)), None
 
     async def _route(self, app_name: str, version: str | None) -> tuple[str, str] | None:
         try:
