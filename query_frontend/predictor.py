@@ -22,7 +22,7 @@ from query_frontend.cache import PredictionCache
 from query_frontend.codec import output_value, parse_predict_request
 from query_frontend.errors import NOT_FOUND, QUERY_PROCESSING_ERROR, QueryError
 from query_frontend.loop_lag import LoopLag
-from query_frontend.metrics import Counter, Histogram, Meter, MetricsRegistry, RatioCounter
+from query_frontend.metrics import MetricsRegistry
 from query_frontend.routing import Router
 
 NO_MODELS_EXPLANATION = "No connected models found for query"
@@ -53,21 +53,6 @@ class Prediction:
         return doc
 
 
-@dataclass(slots=True)
-class _AppMetrics:
-    predictions: Counter
-    default_ratio: RatioCounter
-    throughput: Meter
-    latency: Histogram
-
-
-@dataclass(slots=True)
-class _ModelMetrics:
-    predictions: Counter
-    throughput: Meter
-    latency: Histogram
-
-
 class Predictor:
     def __init__(
         self,
@@ -80,13 +65,6 @@ class Predictor:
         self._router = router
         self._cache = cache
         self._metrics = metrics
-        # Every request records into these: looked up once per name, not per request.
-        self._total_predictions = metrics.counter("internal:aggregate_num_predictions")
-        self._cache_lookups = metrics.counter("internal:prediction_cache_lookups")
-        self._unread_wait = metrics.histogram("internal:unread_wait")
-        self._cache_hit_ratio = metrics.ratio("internal:prediction_cache_hit_ratio")
-        self._app_metrics: dict[str, _AppMetrics] = {}
-        self._model_metrics: dict[tuple[str, str], _ModelMetrics] = {}
         # Called on a routing miss: re-reads the cluster state if an admin call changed it.
         self._ensure_fresh = ensure_fresh
         self._query_ids = itertools.count()
@@ -255,36 +233,21 @@ class Predictor:
         n = len(predictions)
         defaults = sum(1 for p in predictions if p.default)
         latency_us = (time.monotonic() - started) * 1e6
-        self._total_predictions.increment(n)
-        self._cache_lookups.increment(n if model_id else 0)
-        self._unread_wait.insert(unread_s * 1e6)
-        self._cache_hit_ratio.numerator = self._cache.hits
-        self._cache_hit_ratio.denominator = self._cache.lookups
-        app = self._app_metrics.get(app_name)
-        if app is None:
-            m = self._metrics
-            app = self._app_metrics[app_name] = _AppMetrics(
-                m.counter(f"app:{app_name}:num_predictions"),
-                m.ratio(f"app:{app_name}:default_prediction_ratio"),
-                m.meter(f"app:{app_name}:prediction_throughput"),
-                m.histogram(f"app:{app_name}:prediction_latency"),
-            )
-        app.predictions.increment(n)
-        app.default_ratio.increment(defaults, n)
-        app.throughput.mark(n)
-        app.latency.insert(latency_us)
+        m = self._metrics
+        m.counter("internal:aggregate_num_predictions").increment(n)
+        m.counter("internal:prediction_cache_lookups").increment(n if model_id else 0)
+        m.counter(f"app:{app_name}:num_predictions").increment(n)
+        m.ratio(f"app:{app_name}:default_prediction_ratio").increment(defaults, n)
+        m.meter(f"app:{app_name}:prediction_throughput").mark(n)
+        m.histogram(f"app:{app_name}:prediction_latency").insert(latency_us)
+        m.histogram("internal:unread_wait").insert(unread_s * 1e6)
+        hit_ratio = m.ratio("internal:prediction_cache_hit_ratio")
+        hit_ratio.numerator, hit_ratio.denominator = self._cache.hits, self._cache.lookups
         if model_id is not None:
-            model = self._model_metrics.get(model_id)
-            if model is None:
-                m, (name, version) = self._metrics, model_id
-                model = self._model_metrics[model_id] = _ModelMetrics(
-                    m.counter(f"model:{name}:{version}:num_predictions"),
-                    m.meter(f"model:{name}:{version}:prediction_throughput"),
-                    m.histogram(f"model:{name}:{version}:prediction_latency"),
-                )
-            model.predictions.increment(n - defaults)
-            model.throughput.mark(n - defaults)
-            model.latency.insert(latency_us)
+            name, version = model_id
+            m.counter(f"model:{name}:{version}:num_predictions").increment(n - defaults)
+            m.meter(f"model:{name}:{version}:prediction_throughput").mark(n - defaults)
+            m.histogram(f"model:{name}:{version}:prediction_latency").insert(latency_us)
 
 
 async def _wait_until(futures: list[asyncio.Future[str]], deadline: float) -> None:
