@@ -96,7 +96,7 @@ def _parse_numeric(body: bytes, code: str) -> PredictRequest | None:
     """A well-formed request of numeric arrays, parsed straight into machine numbers.
 
     simdjson reads each array into a buffer of doubles or 64-bit integers without making a
-    Python object per number, which halves the frontend's cost of a large numeric input. Any
+    Python object per number, which halves the cost of parsing a large numeric input. Any
     request it cannot take as is (bad JSON, a boolean or string among the numbers, a value out
     of range) returns None, so errors keep the full parser's wording.
     """
