@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -17,6 +19,11 @@ from query_frontend.settings import FrontendSettings
 from query_frontend.supervisor import supervise
 
 logger = logging.getLogger("query_frontend")
+
+# Each request allocates a few hundred objects, so the default threshold (700) ran a young
+# collection every few requests; a higher one cuts the collector's share of the CPU.
+GC_YOUNG_THRESHOLD = 20000
+GC_OLDER_THRESHOLD = 20
 
 
 async def serve(settings: FrontendSettings) -> None:
@@ -53,6 +60,10 @@ async def serve(settings: FrontendSettings) -> None:
         os.write(settings.ready_fd, f"ready {port}\n".encode())
         os.close(settings.ready_fd)
     logger.info("query frontend listening on %s:%d", settings.host, port)
+    # What startup built lives as long as the process: frozen, the collector stops rescanning
+    # it, so that an older-generation collection costs a fraction as much and pauses less.
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_OLDER_THRESHOLD, GC_OLDER_THRESHOLD)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,6 +81,14 @@ async def serve(settings: FrontendSettings) -> None:
     if internal_runner is not None:
         await internal_runner.cleanup()
     await runner.cleanup()
+
+
+def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def main() -> None:
@@ -90,10 +109,11 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if settings.workers > 1 and settings.listen_fd is None:
-        asyncio.run(supervise(settings))
-    else:
-        asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        if settings.workers > 1 and settings.listen_fd is None:
+            runner.run(supervise(settings))
+        else:
+            runner.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ import operator
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -47,12 +47,14 @@ class Overloaded(Exception):
     """The queue already holds more work than the model can finish within the query's SLO."""
 
 
-@dataclass(order=True, slots=True)
-class Query:
+class Query(NamedTuple):
+    """Ordered by deadline, then arrival: a tuple, so that the heap compares in C. The seq
+    is unique, so the comparison never reaches the item or the future."""
+
     deadline: float
     seq: int
-    item: bytes = field(compare=False)
-    future: asyncio.Future[str] = field(compare=False)
+    item: bytes
+    future: asyncio.Future[str]
 
 
 class LatencyModel:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import requests
 
-from clipper_admin import ClipperConnection
+from clipper_admin import ClipperConnection, ClipperException
 from clipper_admin.deployers.python import create_endpoint
 from tests.conftest import new_connection, predict
 
@@ -35,10 +36,15 @@ def _nondeterministic(xs: Any) -> list[int]:
     return [random.randrange(1 << 30) for _ in xs]
 
 
-@pytest.fixture(scope="module")
-def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClipperConnection]:
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def conn(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ClipperConnection]:
+    """A cluster whose frontend runs on each event loop in turn: every test here runs on both."""
     connection = new_connection(tmp_path_factory.mktemp("qf-cluster"), "qf")
-    connection.start_clipper()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CLIPPER_QF_EVENT_LOOP", request.param)
+        connection.start_clipper()
     try:
         create_endpoint(connection, "doubles-app", "doubles", _describe)
         create_endpoint(connection, "floats-app", "floats", _describe)
@@ -201,3 +207,15 @@ def test_update_route_accepts_feedback(conn: ClipperConnection) -> None:
     assert response.status_code == 200
     assert response.text == "Feedback received? 1"
     _assert_json_error(_post(conn, "doubles-app/update", "{}"), 400, "Json error", "uid")
+
+
+def test_an_unknown_event_loop_stops_the_frontend_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLIPPER_QF_EVENT_LOOP", "trio")
+    connection = new_connection(tmp_path, "bad-loop")
+    try:
+        with pytest.raises(ClipperException, match="event_loop"):
+            connection.start_clipper()
+    finally:
+        connection.stop_all(graceful=False)
