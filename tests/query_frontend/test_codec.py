@@ -106,3 +106,22 @@ def test_unusual_numeric_input_gets_the_precise_error(
     with pytest.raises(QueryError) as raised:
         parse_predict_request(body, input_type)
     assert cause in raised.value.cause
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"input": [[1.0], *[2.5] * 400]},
+        {"input": [*[2.5] * 400, [1.0]]},
+        {"input_batch": [[2.5] * 400, [[1.0]]]},
+        {"input_batch": [[2.5] * 400, [1.0, [2.0]]]},
+    ],
+    ids=["input-first", "input-last", "batch-nested", "batch-deep"],
+)
+def test_a_nested_array_in_a_large_body_gets_the_precise_error(doc: dict[str, Any]) -> None:
+    # Over 1 KB, simdjson parses numeric bodies, and it would flatten nested arrays.
+    body = json.dumps(doc).encode()
+    assert len(body) > 1024
+    with pytest.raises(QueryError) as raised:
+        parse_predict_request(body, InputType.DOUBLES)
+    assert "of type Array" in raised.value.cause
