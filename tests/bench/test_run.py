@@ -1,0 +1,36 @@
+"""The benchmark's choice among repeated open-loop runs."""
+
+from __future__ import annotations
+
+from bench.loadgen import RunResult
+from bench.run import median_run
+
+
+def _result(defaults: int, answered_ms: float) -> RunResult:
+    answered = [answered_ms / 1000] * (100 - defaults)
+    return RunResult(
+        sent=100,
+        latencies_s=answered + [0.049] * defaults,
+        defaults=defaults,
+        elapsed_s=1.0,
+        answered_latencies_s=answered,
+    )
+
+
+def test_the_median_run_by_defaults_is_kept_with_the_spread_of_all() -> None:
+    runs = [(_result(d, ms), 0.9, 20.0) for d, ms in ((12, 64.0), (0, 45.0), (3, 51.0))]
+    (chosen, cpu, batch), spread = median_run(runs)
+    assert chosen.defaults == 3 and (cpu, batch) == (0.9, 20.0)
+    assert spread == "defaults 0.00%-12.00%, p99 of answers 45.0-64.0 ms over 3 runs"
+
+
+def test_equal_defaults_are_ordered_by_the_p99_of_answers() -> None:
+    runs = [(_result(1, ms), 1.0, None) for ms in (70.0, 40.0, 55.0, 60.0)]
+    (chosen, _, _), _ = median_run(runs)
+    # Of four, the lower middle one: the second best.
+    assert chosen.answered_latencies_s[0] == 0.055
+
+
+def test_a_single_run_is_its_own_median() -> None:
+    only = (_result(5, 48.0), 0.5, 8.0)
+    assert median_run([only])[0] == only
