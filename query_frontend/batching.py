@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from clipper_protos import model_pb2, model_pb2_grpc
+from clipper_protos import model_pb2
 from management.input_types import InputType
+from query_frontend.wire import PREDICT_STREAM_PATH, encode_predict_request
 
 logger = logging.getLogger(__name__)
 
@@ -468,7 +469,12 @@ class ReplicaClient:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        self._stub = model_pb2_grpc.ModelServiceStub(self._channel)
+        # Requests go out already encoded (see wire.py), so the stream has no serializer.
+        self._open_stream = self._channel.stream_stream(
+            PREDICT_STREAM_PATH,
+            request_serializer=None,
+            response_deserializer=model_pb2.PredictResponse.FromString,
+        )
         self._stream: Any = None
 
     async def predict(
@@ -476,11 +482,9 @@ class ReplicaClient:
     ) -> model_pb2.PredictResponse:
         """Sends one batch and waits for its answer; raises BatchRejected if the batch failed
         and grpc.aio.AioRpcError if the replica is unreachable."""
-        request = model_pb2.PredictRequest(
-            input_type=model_pb2.InputType.ValueType(int(input_type)), inputs=items
-        )
+        request = encode_predict_request(int(input_type), items)
         if self._stream is None:
-            self._stream = self._stub.PredictStream()
+            self._stream = self._open_stream()
         stream = self._stream
         try:
             await stream.write(request)
