@@ -1,10 +1,10 @@
 """Runs every workload against this system and its alternatives, side by side, and prints a table.
 
     bench/run [--workloads noop,mlp,efficientnet] [--duration 5] [--server-cpus 1]
-              [--mlp-runtime onnx|torch] [--open-repeats 1]
+              [--mlp-runtime onnx|torch] [--open-repeats 1] [--replica-threads N]
 
 Servers (ours, the echo baseline, FastAPI+uvicorn, MLServer, BentoML) run on --server-cpus,
-and the load generator on the other cores. The limit (the model called in-process at its best
+and the load generator on the other cores (on the same ones when no core is left over). The limit (the model called in-process at its best
 batch size) is measured on the server cores too. Peers run from the venvs that bench/setup
 makes.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -99,8 +100,12 @@ def _cpu_seconds(pids: list[int]) -> float:
 # Servers
 
 
-def _deploy_ours(conn: Any, workload: str) -> list[bytes]:
-    """Deploys the workload's model on our cluster; returns the request bodies."""
+def _deploy_ours(conn: Any, workload: str, replica_threads: int | None) -> list[bytes]:
+    """Deploys the workload's model on our cluster; returns the request bodies.
+
+    replica_threads: the framework's intra-op threads in the replica (ONNX and TorchScript);
+    None leaves the replica's default, one per server core.
+    """
     from clipper_admin.deployers import onnx as onnx_deployer
     from clipper_admin.deployers import python as python_deployer
     from clipper_admin.deployers import torchscript
@@ -115,7 +120,7 @@ def _deploy_ours(conn: Any, workload: str) -> list[bytes]:
     if workload == "mlp" and os.environ.get(workloads.MLP_ONNX_ENV):
         onnx_deployer.create_endpoint(
             conn, "mlp", "floats", os.environ[workloads.MLP_ONNX_ENV], output="argmax",
-            slo_micros=slo,
+            slo_micros=slo, intra_op_threads=replica_threads,
         )  # fmt: skip
         return workloads.encode(workloads.mlp_bodies())
     if workload == "mlp":
@@ -127,11 +132,12 @@ def _deploy_ours(conn: Any, workload: str) -> list[bytes]:
     torchscript.create_endpoint(
         conn, "efficientnet", "bytes", workloads.build_efficientnet(), slo_micros=slo,
         image=ImagePreprocessing(mean=LITE_MEAN, std=LITE_STD), output="argmax",
+        intra_op_threads=replica_threads,
     )  # fmt: skip
     return workloads.encode(workloads.jpeg_bodies())
 
 
-def start_ours(workload: str) -> Server:
+def start_ours(workload: str, replica_threads: int | None = None) -> Server:
     from clipper_admin import ClipperConnection, LocalContainerManager
 
     cluster_dir = tempfile.mkdtemp(prefix="bench-")
@@ -143,7 +149,7 @@ def start_ours(workload: str) -> Server:
     # No prediction cache: the request bodies repeat, and none of the peers has one.
     conn.start_clipper(cache_size=0)
     try:
-        bodies = _deploy_ours(conn, workload)
+        bodies = _deploy_ours(conn, workload, replica_threads)
     except BaseException:
         conn.stop_all(graceful=False)
         shutil.rmtree(cluster_dir, ignore_errors=True)
@@ -523,14 +529,20 @@ def main() -> None:
         "--mlp-runtime", choices=["onnx", "torch"], default="onnx",
         help="what runs the MLP in every server and in the limit",
     )  # fmt: skip
+    parser.add_argument(
+        "--replica-threads", type=int, default=None,
+        help="intra-op threads of our replica (default: one per server core); with "
+        "--server-cpus 0,1, 1 leaves the other core to the frontend",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.mlp_runtime == "onnx" and "mlp" in args.workloads.split(","):
         onnx_path = Path(tempfile.mkdtemp(prefix="bench-mlp-")) / "mlp.onnx"
         workloads.export_mlp_onnx(onnx_path)
         os.environ[workloads.MLP_ONNX_ENV] = str(onnx_path)  # the peers inherit it
     server_cpus = {int(c) for c in args.server_cpus.split(",")}
-    starters = {
-        "ours": start_ours, "echo": start_echo, "fastapi-naive": start_naive,
+    starters: dict[str, Callable[[str], Server]] = {
+        "ours": functools.partial(start_ours, replica_threads=args.replica_threads),
+        "echo": start_echo, "fastapi-naive": start_naive,
         "mlserver": start_mlserver, "bentoml": start_bentoml,
     }  # fmt: skip
     rows: list[Row] = []
