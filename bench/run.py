@@ -4,9 +4,9 @@
               [--mlp-runtime onnx|torch] [--open-repeats 1] [--replica-threads N]
 
 Servers (ours, the echo baseline, FastAPI+uvicorn, MLServer, BentoML) run on --server-cpus,
-and the load generator on the other cores (on the same ones when no core is left over). The limit (the model called in-process at its best
-batch size) is measured on the server cores too. Peers run from the venvs that bench/setup
-makes.
+and the load generator on the other cores (on the same ones when no core is left over). The
+limit (the model called in-process at its best batch size) is measured on the server cores
+too. Peers run from the venvs that bench/setup makes.
 """
 
 from __future__ import annotations
