@@ -540,6 +540,13 @@ def main() -> None:
         workloads.export_mlp_onnx(onnx_path)
         os.environ[workloads.MLP_ONNX_ENV] = str(onnx_path)  # the peers inherit it
     server_cpus = {int(c) for c in args.server_cpus.split(",")}
+    peers = set(args.servers.split(",")) - {"ours", "echo"}
+    if len(server_cpus) > 1 and peers:
+        print(
+            f"note: {', '.join(sorted(peers))} keep their one-core settings (one worker, "
+            f"MLServer's parallel_workers 0) on {len(server_cpus)} server cores",
+            flush=True,
+        )
     starters: dict[str, Callable[[str], Server]] = {
         "ours": functools.partial(start_ours, replica_threads=args.replica_threads),
         "echo": start_echo, "fastapi-naive": start_naive,
