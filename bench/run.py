@@ -543,8 +543,8 @@ def main() -> None:
     peers = set(args.servers.split(",")) - {"ours", "echo"}
     if len(server_cpus) > 1 and peers:
         print(
-            f"note: {', '.join(sorted(peers))} keep their one-core settings (one worker, "
-            f"MLServer's parallel_workers 0) on {len(server_cpus)} server cores",
+            f"note: the peers ({', '.join(sorted(peers))}) run with their one-core settings "
+            f"(one worker, MLServer's parallel_workers 0) on {len(server_cpus)} server cores",
             flush=True,
         )
     starters: dict[str, Callable[[str], Server]] = {
