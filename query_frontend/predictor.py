@@ -21,7 +21,6 @@ from query_frontend.batching import (
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import output_value, parse_predict_request
 from query_frontend.errors import NOT_FOUND, QUERY_PROCESSING_ERROR, QueryError
-from query_frontend.loop_lag import LoopLag
 from query_frontend.metrics import MetricsRegistry
 from query_frontend.routing import Router
 
@@ -60,7 +59,6 @@ class Predictor:
         cache: PredictionCache,
         metrics: MetricsRegistry,
         ensure_fresh: Callable[[], Awaitable[None]],
-        loop_lag: LoopLag,
     ) -> None:
         self._router = router
         self._cache = cache
@@ -68,16 +66,18 @@ class Predictor:
         # Called on a routing miss: re-reads the cluster state if an admin call changed it.
         self._ensure_fresh = ensure_fresh
         self._query_ids = itertools.count()
-        self._loop_lag = loop_lag
 
     def known_app(self, app_name: str) -> bool:
         return self._router.app(app_name) is not None
 
-    async def predict(self, app_name: str, body: bytes) -> tuple[bool, list[Prediction]]:
-        """The predictions for one request body, and whether it was an input_batch request."""
-        # The SLO counts from about when the request arrived, not from when the busy loop
-        # got to it.
-        unread_s = self._loop_lag.seconds
+    async def predict(
+        self, app_name: str, body: bytes, unread_s: float = 0.0
+    ) -> tuple[bool, list[Prediction]]:
+        """The predictions for one request body, and whether it was an input_batch request.
+
+        unread_s is how long the request had waited before this call: its SLO counts from
+        its arrival, not from when the frontend got to it.
+        """
         started = time.monotonic() - unread_s
         app = self._router.app(app_name)
         if app is None:

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from management.store import Store
+from query_frontend.arrival import unread_seconds
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import json_error
 from query_frontend.errors import NOT_FOUND, QueryError
@@ -28,6 +29,7 @@ PREDICTOR_KEY = web.AppKey("predictor", Predictor)
 METRICS_KEY = web.AppKey("metrics", MetricsRegistry)
 WATCHER_KEY = web.AppKey("watcher", ClusterWatcher)
 PEERS_KEY = web.AppKey("peers", Peers)
+LOOP_LAG_KEY = web.AppKey("loop_lag", LoopLag)
 
 
 def _json(doc: object, status: int = 200) -> web.Response:
@@ -56,8 +58,13 @@ async def error_middleware(
 
 async def predict(request: web.Request) -> web.Response:
     body = await request.read()
+    # The query's SLO counts from when the request reached this host, not from now: it may
+    # have waited in its socket while the loop was busy or the process was off the CPU.
+    unread_s = unread_seconds(request.transport)
+    if unread_s is None:
+        unread_s = request.app[LOOP_LAG_KEY].seconds
     is_batch, predictions = await request.app[PREDICTOR_KEY].predict(
-        request.match_info["app"], body
+        request.match_info["app"], body, unread_s
     )
     if is_batch and len(predictions) != 1:
         return _json({"batch_predictions": [p.to_json() for p in predictions]})
@@ -128,11 +135,12 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
     )
     watcher = ClusterWatcher(Store(redis), router.apply, settings.resync_interval_s)
     loop_lag = LoopLag()
-    predictor = Predictor(router, cache, registry, watcher.ensure_fresh, loop_lag)
+    predictor = Predictor(router, cache, registry, watcher.ensure_fresh)
     app[PREDICTOR_KEY] = predictor
     app[METRICS_KEY] = registry
     app[WATCHER_KEY] = watcher
     app[PEERS_KEY] = peers
+    app[LOOP_LAG_KEY] = loop_lag
     for name in (
         "internal:aggregate_num_predictions",
         "internal:prediction_cache_lookups",

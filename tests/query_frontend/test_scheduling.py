@@ -167,6 +167,35 @@ def test_a_request_that_waited_unread_counts_that_wait_against_its_slo(
     assert predict(clipper_conn, "stalled", {"input": [9.0]})["default"] is False
 
 
+def test_a_request_that_arrived_at_the_end_of_a_stall_keeps_its_whole_slo(
+    clipper_conn: ClipperConnection,
+) -> None:
+    create_endpoint(clipper_conn, "late-stall", "doubles", lambda xs: [1] * len(xs),
+                    default_output="-1", slo_micros=200_000)  # fmt: skip
+    assert predict(clipper_conn, "late-stall", {"input": [0.0]})["default"] is False
+    record = Path(clipper_conn.cm.cluster_dir) / "processes" / "query_frontend.json"  # type: ignore[attr-defined]
+    frontend = psutil.Process(json.loads(record.read_text())["pid"])
+    stalled = [frontend, *frontend.children(recursive=True)]
+    answers: list[dict[str, Any]] = []
+    client = threading.Thread(
+        target=lambda: answers.append(predict(clipper_conn, "late-stall", {"input": [1.0]}))
+    )
+    # The frontend is off the CPU for 400 ms, twice the SLO; the request comes in its last
+    # 20 ms. Its SLO counts from its own arrival, not from the start of the stall.
+    for process in stalled:
+        process.suspend()
+    try:
+        time.sleep(0.38)
+        client.start()
+        time.sleep(0.02)
+    finally:
+        for process in stalled:
+            process.resume()
+    client.join(10)
+    assert len(answers) == 1
+    assert answers[0]["default"] is False, answers
+
+
 def test_answers_that_come_back_after_the_deadline_are_counted(
     clipper_conn: ClipperConnection,
 ) -> None:

@@ -1,0 +1,94 @@
+"""The kernel's age of a request's bytes, read from real TCP and Unix sockets on both loops."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from query_frontend.arrival import unread_seconds
+
+LOOPS: list[Callable[[], asyncio.AbstractEventLoop]] = [
+    asyncio.new_event_loop,
+    uvloop.new_event_loop,
+]
+
+
+class _Received(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.BaseTransport | None = None
+        self.data = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data.set()
+
+
+async def _age_after(wait_s: float, unix_dir: Path | None = None) -> tuple[float | None, float]:
+    """Sends bytes to a server and leaves them wait_s; their age as the server side reads it,
+    and the time since they were sent."""
+    loop = asyncio.get_running_loop()
+    received = _Received()
+    if unix_dir is None:
+        server = await loop.create_server(lambda: received, "127.0.0.1", 0)
+        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    else:
+        path = str(unix_dir / "s")
+        server = await loop.create_unix_server(lambda: received, path)
+        _, writer = await asyncio.open_unix_connection(path)
+    try:
+        sent = time.monotonic()
+        writer.write(b"POST /a/predict HTTP/1.1\r\n\r\n")
+        await received.data.wait()
+        await asyncio.sleep(wait_s)
+        return unread_seconds(received.transport), time.monotonic() - sent
+    finally:
+        writer.close()
+        server.close()
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_the_age_of_bytes_that_waited_is_read_from_the_kernel(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        readings = [runner.run(_age_after(wait_s)) for wait_s in (0.0, 0.1, 0.25)]
+    for age, elapsed in readings:
+        # The kernel counts in clock ticks of up to 10 ms (HZ=100): one tick off at most.
+        assert age is not None
+        assert abs(age - elapsed) <= 0.0105, (age, elapsed)
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_a_socket_that_cannot_tell_gives_none(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp, asyncio.Runner(loop_factory=new_loop) as runner:
+        assert runner.run(_age_after(0.0, Path(tmp)))[0] is None
+    assert unread_seconds(None) is None
+
+
+def test_a_closed_connection_gives_none() -> None:
+    async def closed() -> float | None:
+        received = _Received()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: received, "127.0.0.1", 0)
+        client = socket.create_connection(server.sockets[0].getsockname()[:2])
+        client.sendall(b"x")
+        await received.data.wait()
+        assert received.transport is not None
+        received.transport.close()
+        await asyncio.sleep(0)
+        client.close()
+        server.close()
+        return unread_seconds(received.transport)
+
+    assert asyncio.run(closed()) is None
