@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,15 +135,27 @@ def test_expired_queries_are_never_sent(clipper_conn: ClipperConnection, tmp_pat
     assert sent <= 3
 
 
+@contextlib.contextmanager
+def _frontend_stalled(conn: ClipperConnection) -> Iterator[None]:
+    """The frontend and its workers off the CPU while the block runs."""
+    record = Path(conn.cm.cluster_dir) / "processes" / "query_frontend.json"  # type: ignore[attr-defined]
+    frontend = psutil.Process(json.loads(record.read_text())["pid"])
+    stalled = [frontend, *frontend.children(recursive=True)]
+    for process in stalled:
+        process.suspend()
+    try:
+        yield
+    finally:
+        for process in stalled:
+            process.resume()
+
+
 def test_a_request_that_waited_unread_counts_that_wait_against_its_slo(
     clipper_conn: ClipperConnection,
 ) -> None:
     create_endpoint(clipper_conn, "stalled", "doubles", lambda xs: [1] * len(xs),
                     default_output="-1", slo_micros=100_000)  # fmt: skip
     assert predict(clipper_conn, "stalled", {"input": [0.0]})["default"] is False
-    record = Path(clipper_conn.cm.cluster_dir) / "processes" / "query_frontend.json"  # type: ignore[attr-defined]
-    frontend = psutil.Process(json.loads(record.read_text())["pid"])
-    stalled = [frontend, *frontend.children(recursive=True)]
     answers: list[dict[str, Any]] = []
 
     def ask(i: int) -> None:
@@ -150,15 +164,10 @@ def test_a_request_that_waited_unread_counts_that_wait_against_its_slo(
     clients = [threading.Thread(target=ask, args=(i,)) for i in range(1, 6)]
     # The frontend is off the CPU for 300 ms, three times the SLO, while the requests arrive:
     # as when a busy core leaves it no time to read them.
-    for process in stalled:
-        process.suspend()
-    try:
+    with _frontend_stalled(clipper_conn):
         for client in clients:
             client.start()
         time.sleep(0.3)
-    finally:
-        for process in stalled:
-            process.resume()
     for client in clients:
         client.join(10)
     assert len(answers) == 5
@@ -173,24 +182,16 @@ def test_a_request_that_arrived_at_the_end_of_a_stall_keeps_its_whole_slo(
     create_endpoint(clipper_conn, "late-stall", "doubles", lambda xs: [1] * len(xs),
                     default_output="-1", slo_micros=200_000)  # fmt: skip
     assert predict(clipper_conn, "late-stall", {"input": [0.0]})["default"] is False
-    record = Path(clipper_conn.cm.cluster_dir) / "processes" / "query_frontend.json"  # type: ignore[attr-defined]
-    frontend = psutil.Process(json.loads(record.read_text())["pid"])
-    stalled = [frontend, *frontend.children(recursive=True)]
     answers: list[dict[str, Any]] = []
     client = threading.Thread(
         target=lambda: answers.append(predict(clipper_conn, "late-stall", {"input": [1.0]}))
     )
     # The frontend is off the CPU for 400 ms, twice the SLO; the request comes in its last
     # 20 ms. Its SLO counts from its own arrival, not from the start of the stall.
-    for process in stalled:
-        process.suspend()
-    try:
+    with _frontend_stalled(clipper_conn):
         time.sleep(0.38)
         client.start()
         time.sleep(0.02)
-    finally:
-        for process in stalled:
-            process.resume()
     client.join(10)
     assert len(answers) == 1
     assert answers[0]["default"] is False, answers
