@@ -150,12 +150,16 @@ def _frontend_stalled(conn: ClipperConnection) -> Iterator[None]:
             process.resume()
 
 
+def _deploy_answering_at_once(conn: ClipperConnection, app: str, slo_micros: int) -> None:
+    create_endpoint(conn, app, "doubles", lambda xs: [1] * len(xs), default_output="-1",
+                    slo_micros=slo_micros)  # fmt: skip
+    assert predict(conn, app, {"input": [0.0]})["default"] is False
+
+
 def test_a_request_that_waited_unread_counts_that_wait_against_its_slo(
     clipper_conn: ClipperConnection,
 ) -> None:
-    create_endpoint(clipper_conn, "stalled", "doubles", lambda xs: [1] * len(xs),
-                    default_output="-1", slo_micros=100_000)  # fmt: skip
-    assert predict(clipper_conn, "stalled", {"input": [0.0]})["default"] is False
+    _deploy_answering_at_once(clipper_conn, "stalled", slo_micros=100_000)
     answers: list[dict[str, Any]] = []
 
     def ask(i: int) -> None:
@@ -179,9 +183,7 @@ def test_a_request_that_waited_unread_counts_that_wait_against_its_slo(
 def test_a_request_that_arrived_at_the_end_of_a_stall_keeps_its_whole_slo(
     clipper_conn: ClipperConnection,
 ) -> None:
-    create_endpoint(clipper_conn, "late-stall", "doubles", lambda xs: [1] * len(xs),
-                    default_output="-1", slo_micros=200_000)  # fmt: skip
-    assert predict(clipper_conn, "late-stall", {"input": [0.0]})["default"] is False
+    _deploy_answering_at_once(clipper_conn, "late-stall", slo_micros=200_000)
     answers: list[dict[str, Any]] = []
     client = threading.Thread(
         target=lambda: answers.append(predict(clipper_conn, "late-stall", {"input": [1.0]}))
