@@ -547,6 +547,10 @@ def main() -> None:
             f"(one worker, MLServer's parallel_workers 0) on {len(server_cpus)} server cores",
             flush=True,
         )
+    if "ours" in args.servers.split(","):
+        from query_frontend.native import compiled_modules
+
+        print(f"our compiled modules: {', '.join(compiled_modules()) or 'none'}", flush=True)
     starters: dict[str, Callable[[str], Server]] = {
         "ours": functools.partial(start_ours, replica_threads=args.replica_threads),
         "echo": start_echo, "fastapi-naive": start_naive,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from query_frontend.native import compiled_modules, stale_modules
 from query_frontend.server import METRICS_KEY, WATCHER_KEY, create_app, create_internal_app
 from query_frontend.settings import FrontendSettings
 from query_frontend.supervisor import supervise
@@ -60,6 +61,13 @@ async def serve(settings: FrontendSettings) -> None:
         os.write(settings.ready_fd, f"ready {port}\n".encode())
         os.close(settings.ready_fd)
     logger.info("query frontend listening on %s:%d", settings.host, port)
+    logger.info("compiled modules: %s", ", ".join(compiled_modules()) or "none")
+    if stale := stale_modules():
+        logger.warning(
+            "compiled modules older than their source, which does not run: %s (rebuild them "
+            "with scripts/setup)",
+            ", ".join(stale),
+        )
     # What startup built lives as long as the process: frozen, the collector stops rescanning
     # it, so that an older-generation collection costs a fraction as much and pauses less.
     gc.freeze()

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import grpc
 
@@ -65,12 +65,12 @@ class LatencyModel:
     the model has enough samples to tell.
     """
 
-    TRUSTED_AFTER = 8
-    OUTLIER_FACTOR = 4.0
+    TRUSTED_AFTER: ClassVar[int] = 8
+    OUTLIER_FACTOR: ClassVar[float] = 4.0
     # Per-size averages: real costs are not linear (a BLAS kernel may change with the size),
     # so a size measured a few times is predicted from its own batches.
-    MEASURED_AFTER = 3
-    SIZE_SMOOTHING = 0.2
+    MEASURED_AFTER: ClassVar[int] = 3
+    SIZE_SMOOTHING: ClassVar[float] = 0.2
 
     def __init__(self, window: int = 64) -> None:
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
@@ -162,11 +162,11 @@ class BatchPolicy:
     finish after their deadline in the chosen batch are shed instead of sent.
     """
 
-    SAFETY = 0.85
+    SAFETY: ClassVar[float] = 0.85
     # The share of its time a replica may spend busy before batches should grow instead.
-    UTILIZATION = 0.7
+    UTILIZATION: ClassVar[float] = 0.7
     # Waiting must raise the replica's rate by this much to be worth its latency.
-    WORTH_WAITING = 1.2
+    WORTH_WAITING: ClassVar[float] = 1.2
 
     def __init__(self, batch_size: int, max_adaptive_size: int, max_wait_s: float) -> None:
         self.max_adaptive_size = max_adaptive_size
@@ -247,11 +247,11 @@ class ModelQueue:
     busy, so no expired query is ever sent and none holds queue space.
     """
 
-    ADMISSION_FACTOR = 2.0
-    RATE_WINDOW = 32
+    ADMISSION_FACTOR: ClassVar[float] = 2.0
+    RATE_WINDOW: ClassVar[int] = 32
     # After this long with no batch sent, the latency model is doubted: queries are admitted
     # and one is sent even if predicted late, so that the model measures again.
-    RELEARN_S = 0.5
+    RELEARN_S: ClassVar[float] = 0.5
 
     def __init__(
         self,
@@ -564,25 +564,27 @@ class ReplicaWorker:
             response = await self._client.predict(
                 self._queue.input_type, items, latest - started + RPC_GRACE_S
             )
-        except BatchRejected as e:
-            _fail(batch, str(e))
+        # Each handler names its own exception: compiled by mypyc, one name shared by except
+        # clauses of different types would be typed by the first and fail in the others.
+        except BatchRejected as rejected:
+            _fail(batch, str(rejected))
             return True
         except TimeoutError:
             _fail(batch, f"the replica did not answer within {RPC_GRACE_S:.0f} s past the deadline")
             return True
-        except grpc.aio.AioRpcError as e:
-            if e.code() in _REPLICA_GONE:
+        except grpc.aio.AioRpcError as rpc_error:
+            if rpc_error.code() in _REPLICA_GONE:
                 logger.warning(
                     "replica %s at %s is gone (%s); retrying its %d queries elsewhere",
                     self.replica_key,
                     self._client.address,
-                    e.code().name,
+                    rpc_error.code().name,
                     len(batch),
                 )
                 self._queue.requeue(batch)
                 self._on_gone(self.replica_key)
                 return False
-            _fail(batch, e.details() or e.code().name)
+            _fail(batch, rpc_error.details() or rpc_error.code().name)
             return True
         if len(response.outputs) != len(batch):
             _fail(

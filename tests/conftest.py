@@ -16,6 +16,17 @@ import requests
 from clipper_admin import ClipperConnection, LocalContainerManager
 from clipper_admin.container_manager import find_unbound_port
 from clipper_admin.local_processes import redis_server_binary
+from query_frontend.native import stale_modules
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A compiled module shadows its source: tests of an edited source would run the old build.
+    if stale := stale_modules():
+        pytest.exit(
+            f"compiled query_frontend modules are older than their source: {', '.join(stale)}. "
+            "Rebuild them with scripts/setup dev (or remove the .so files).",
+            returncode=4,
+        )
 
 
 @pytest.fixture(scope="session")
