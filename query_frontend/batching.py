@@ -274,6 +274,9 @@ class ModelQueue:
         self._timer_deadline = float("inf")
         # Recent arrival times, to judge whether waiting for more work pays.
         self._arrivals: deque[float] = deque(maxlen=self.RATE_WINDOW)
+        # For each of those arrivals, whether another query was then queued or at a replica.
+        self._overlapped: deque[bool] = deque(maxlen=self.RATE_WINDOW)
+        self._batches_out = 0
         self._last_batch_at = time.monotonic()
 
     def __len__(self) -> int:
@@ -297,6 +300,7 @@ class ModelQueue:
             raise Overloaded()
         now = time.monotonic()
         self._arrivals.append(now)
+        self._overlapped.append(bool(self._heap) or self._batches_out > 0)
         heapq.heappush(self._heap, Query(deadline, next(self._seq), item, future))
         self._on_change()
 
@@ -369,7 +373,12 @@ class ModelQueue:
                     continue
             batch = self._pop_batch(size)
             if batch:
+                self._batches_out += 1
                 return batch
+
+    def batch_done(self) -> None:
+        """A batch that `take` returned is answered, failed or back in the queue."""
+        self._batches_out -= 1
 
     def _urgent_budgets_s(self, now: float) -> list[float]:
         """The remaining budgets of the queries a batch may hold, most urgent first."""
@@ -387,6 +396,11 @@ class ModelQueue:
         # reach the queue in bursts, and treating each lull as the end of the load made
         # replicas take small, costly batches that starved the frontend in turn.
         if len(self._arrivals) < 2:
+            return 0.0
+        if not any(self._overlapped):
+            # No query arrived while another waited or was being answered: the clients send
+            # one query at a time and wait for its answer, so however high their rate, no
+            # second query comes while this one waits for a fuller batch.
             return 0.0
         return (len(self._arrivals) - 1) / max(now - self._arrivals[0], 1e-6)
 
@@ -552,6 +566,8 @@ class ReplicaWorker:
             except asyncio.CancelledError:
                 self._queue.requeue(batch)  # stopped mid-batch: another replica takes them
                 raise
+            finally:
+                self._queue.batch_done()
             if not replica_alive:
                 return
 

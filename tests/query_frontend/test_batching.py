@@ -262,6 +262,21 @@ async def test_a_rare_query_is_sent_at_once() -> None:
     assert time.monotonic() - started < 0.1
 
 
+async def test_a_client_that_waits_for_each_answer_is_never_held_for_a_fuller_batch() -> None:
+    queue = _queue(max_wait_s=0.5)
+    for size in (1, 2, 4, 8, 1, 2, 4, 8):
+        queue.policy.observe(size, 0.004 + 0.0005 * size, True)  # batching would pay
+    # One client sends a query each time the last one is answered, about 250 per second: the
+    # rate alone says batches of one keep a replica too busy, but no second query can come
+    # while this one waits, so waiting would only add the wait to every answer.
+    for i in range(40):
+        queue.put(str(i).encode(), time.monotonic() + 10, _future())
+        batch = await asyncio.wait_for(queue.take(), timeout=0.25)
+        assert len(batch) == 1
+        await asyncio.sleep(0.004)  # the replica answers it
+        queue.batch_done()
+
+
 def test_a_batch_that_would_fall_behind_the_arrivals_waits_for_one_that_keeps_up() -> None:
     policy = BatchPolicy(-1, max_adaptive_size=64, max_wait_s=0.05)
     for size in (1, 4, 16, 1, 4, 16, 1, 4, 16):
