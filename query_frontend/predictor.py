@@ -21,7 +21,7 @@ from query_frontend.batching import (
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import output_value, parse_predict_request
 from query_frontend.errors import NOT_FOUND, QUERY_PROCESSING_ERROR, QueryError
-from query_frontend.metrics import MetricsRegistry
+from query_frontend.metrics import Counter, Histogram, Meter, MetricsRegistry, RatioCounter
 from query_frontend.routing import Router
 
 NO_MODELS_EXPLANATION = "No connected models found for query"
@@ -52,6 +52,22 @@ class Prediction:
         return doc
 
 
+@dataclass(slots=True)
+class _AppMetrics:
+    num_predictions: Counter
+    default_ratio: RatioCounter
+    throughput: Meter
+    latency: Histogram
+
+
+@dataclass(slots=True)
+class _ModelMetrics:
+    num_predictions: Counter
+    throughput: Meter
+    latency: Histogram
+    cache_hit_ratio: RatioCounter
+
+
 class Predictor:
     def __init__(
         self,
@@ -66,6 +82,14 @@ class Predictor:
         # Called on a routing miss: re-reads the cluster state if an admin call changed it.
         self._ensure_fresh = ensure_fresh
         self._query_ids = itertools.count()
+        # Each app's and model version's metrics, looked up once: building their names and
+        # hashing them on every request cost the frontend a few microseconds per request.
+        self._app_metrics: dict[str, _AppMetrics] = {}
+        self._model_metrics: dict[tuple[str, str], _ModelMetrics] = {}
+        self._total_predictions = metrics.counter("internal:aggregate_num_predictions")
+        self._cache_lookups = metrics.counter("internal:prediction_cache_lookups")
+        self._cache_hit_ratio = metrics.ratio("internal:prediction_cache_hit_ratio")
+        self._unread_wait = metrics.histogram("internal:unread_wait")
 
     def known_app(self, app_name: str) -> bool:
         return self._router.app(app_name) is not None
@@ -128,9 +152,7 @@ class Predictor:
                         future.set_exception(e)
                         overloaded += 1
             futures.append(future)
-        self._metrics.ratio(f"model:{name}:{version}:cache_hit_ratio").increment(
-            hits, len(request.inputs)
-        )
+        self._model_metrics_of(name, version).cache_hit_ratio.increment(hits, len(request.inputs))
         if overloaded:
             self._metrics.counter(f"model:{name}:{version}:overloaded").increment(overloaded)
         pending = [f for f in futures if f is not None and not f.done()]
@@ -233,21 +255,46 @@ class Predictor:
         n = len(predictions)
         defaults = sum(1 for p in predictions if p.default)
         latency_us = (time.monotonic() - started) * 1e6
-        m = self._metrics
-        m.counter("internal:aggregate_num_predictions").increment(n)
-        m.counter("internal:prediction_cache_lookups").increment(n if model_id else 0)
-        m.counter(f"app:{app_name}:num_predictions").increment(n)
-        m.ratio(f"app:{app_name}:default_prediction_ratio").increment(defaults, n)
-        m.meter(f"app:{app_name}:prediction_throughput").mark(n)
-        m.histogram(f"app:{app_name}:prediction_latency").insert(latency_us)
-        m.histogram("internal:unread_wait").insert(unread_s * 1e6)
-        hit_ratio = m.ratio("internal:prediction_cache_hit_ratio")
+        self._total_predictions.increment(n)
+        self._cache_lookups.increment(n if model_id else 0)
+        app = self._app_metrics_of(app_name)
+        app.num_predictions.increment(n)
+        app.default_ratio.increment(defaults, n)
+        app.throughput.mark(n)
+        app.latency.insert(latency_us)
+        self._unread_wait.insert(unread_s * 1e6)
+        hit_ratio = self._cache_hit_ratio
         hit_ratio.numerator, hit_ratio.denominator = self._cache.hits, self._cache.lookups
         if model_id is not None:
-            name, version = model_id
-            m.counter(f"model:{name}:{version}:num_predictions").increment(n - defaults)
-            m.meter(f"model:{name}:{version}:prediction_throughput").mark(n - defaults)
-            m.histogram(f"model:{name}:{version}:prediction_latency").insert(latency_us)
+            model = self._model_metrics_of(*model_id)
+            model.num_predictions.increment(n - defaults)
+            model.throughput.mark(n - defaults)
+            model.latency.insert(latency_us)
+
+    def _app_metrics_of(self, app_name: str) -> _AppMetrics:
+        found = self._app_metrics.get(app_name)
+        if found is None:
+            m = self._metrics
+            found = self._app_metrics[app_name] = _AppMetrics(
+                m.counter(f"app:{app_name}:num_predictions"),
+                m.ratio(f"app:{app_name}:default_prediction_ratio"),
+                m.meter(f"app:{app_name}:prediction_throughput"),
+                m.histogram(f"app:{app_name}:prediction_latency"),
+            )
+        return found
+
+    def _model_metrics_of(self, name: str, version: str) -> _ModelMetrics:
+        found = self._model_metrics.get((name, version))
+        if found is None:
+            m = self._metrics
+            prefix = f"model:{name}:{version}"
+            found = self._model_metrics[(name, version)] = _ModelMetrics(
+                m.counter(f"{prefix}:num_predictions"),
+                m.meter(f"{prefix}:prediction_throughput"),
+                m.histogram(f"{prefix}:prediction_latency"),
+                m.ratio(f"{prefix}:cache_hit_ratio"),
+            )
+        return found
 
 
 async def _wait_until(futures: list[asyncio.Future[str]], deadline: float) -> None:
