@@ -140,6 +140,10 @@ def test_containers_follow_the_replica_count(
     assert counts["app:echo:num_predictions"] == "20"
     logs = conn.get_clipper_logs(str(Path(os.environ.get("TMPDIR", "/tmp")) / f"logs-{name}"))
     assert len(logs) == 5
+    # The image's frontend runs its per-query modules compiled (the Dockerfile's native stage).
+    all_logs = "".join(Path(p).read_text() for p in logs)
+    assert "compiled modules: arrival, batching, cache, codec" in all_logs
+    assert "compiled modules: none" not in all_logs
     conn.stop_all_model_containers()
     assert _running(name, **model_label) == []
     assert conn.get_all_models() == []
