@@ -141,15 +141,9 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
     app[WATCHER_KEY] = watcher
     app[PEERS_KEY] = peers
     app[LOOP_LAG_KEY] = loop_lag
-    for name in (
-        "internal:aggregate_num_predictions",
-        "internal:prediction_cache_lookups",
-    ):
-        registry.counter(name)
-    registry.ratio("internal:prediction_cache_hit_ratio")
+    # The predictor registers the per-request metrics; these are reported from the first scrape.
     registry.meter("internal:aggregate_model_throughput")
     registry.histogram("internal:rpc_request_queueing_delay")
-    registry.histogram("internal:unread_wait")
 
     async def cluster_sync(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(watcher.run(), name="cluster-watcher")
