@@ -11,6 +11,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from management.event_loop import loop_factory
 from management.input_types import parse_input_type
 from management.store import Store
 from model_containers.loading import create_model
@@ -80,7 +81,8 @@ def main() -> None:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings))
     except ModelLoadError as e:
         logger.error("model failed to load: %s", e)
         print(f"model failed to load: {e}", file=sys.stderr)

@@ -27,9 +27,17 @@ def decode_batch(input_type: InputType, items: Sequence[bytes]) -> np.ndarray[An
         strings[:] = list(items)
         return strings
     dtype = input_type.numpy_dtype
+    if items and len(set(map(len, items))) == 1:
+        size = len(items[0])
+        if size % dtype.itemsize:
+            raise ValueError(
+                f"an input of {size} bytes is not a whole number of {dtype.name} values"
+            )
+        # One buffer for the whole batch: an array per input and np.stack cost about 1 us per
+        # input. A bytearray, so that the model may change its inputs in place, as before.
+        joined = bytearray().join(items)
+        return np.frombuffer(joined, dtype=dtype).reshape(len(items), size // dtype.itemsize)
     arrays = [np.frombuffer(item, dtype=dtype) for item in items]
-    if arrays and all(len(a) == len(arrays[0]) for a in arrays):
-        return np.stack(arrays)
     ragged = np.empty(len(arrays), dtype=object)
     ragged[:] = arrays
     return ragged

@@ -10,10 +10,10 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
 
 from aiohttp import web
 
+from management.event_loop import loop_factory
 from query_frontend.native import compiled_modules, stale_modules
 from query_frontend.server import METRICS_KEY, WATCHER_KEY, create_app, create_internal_app
 from query_frontend.settings import FrontendSettings
@@ -89,14 +89,6 @@ async def serve(settings: FrontendSettings) -> None:
     if internal_runner is not None:
         await internal_runner.cleanup()
     await runner.cleanup()
-
-
-def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    if event_loop == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    return asyncio.new_event_loop
 
 
 def main() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import socket
 import struct
+from typing import Any
 
 # struct tcp_info (linux/tcp.h): eight one-byte fields, eleven u32s, then tcpi_last_data_recv,
 # in milliseconds. The layout only ever grows at its end, so the offset holds on every kernel.
@@ -14,26 +16,56 @@ _TCP_INFO_LEN = _LAST_DATA_RECV_OFFSET + _LAST_DATA_RECV.size
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 
 
-def unread_seconds(transport: asyncio.BaseTransport | None) -> float | None:
-    """Seconds since the kernel received the last bytes of the request on this connection,
-    or None where the socket cannot tell (not TCP, not Linux, or already closed).
-
-    The kernel counts in clock ticks (4 ms at HZ=250), so one reading can be off by a tick
-    either way, but its mean is right: a request read a tenth of a tick after it arrived reads
-    one tick in one case of ten and zero otherwise. A client sends its next request on a
-    connection after the previous answer, so the last data received is this request's; one
-    that pipelines gets the age of its latest request, which never overstates the wait.
-    """
-    if _TCP_INFO is None or transport is None:
-        return None
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return None
+def _libc_getsockopt() -> Any:
+    """libc's getsockopt, or None where there is none to call (not a POSIX libc)."""
+    # No argtypes: ctypes converts Python ints to C ints by default, and its argtypes checks
+    # doubled the cost of each call.
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
-    except OSError:
+        return ctypes.CDLL(None, use_errno=True).getsockopt
+    except (OSError, AttributeError):
         return None
-    if len(info) < _TCP_INFO_LEN:
-        return None
-    (millis,) = _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_OFFSET)
-    return float(millis) / 1000.0
+
+
+class ArrivalClock:
+    """Reads, per request, how long ago the kernel received its connection's latest bytes.
+
+    getsockopt is called through ctypes on the connection's descriptor, into a buffer kept for
+    every call: the socket object uvloop hands out builds a Python socket for each call (with
+    a getsockname to check it), which took about 2.7 us per request against about 1.3 us.
+    """
+
+    def __init__(self) -> None:
+        self._getsockopt = _libc_getsockopt() if _TCP_INFO is not None else None
+        self._info = ctypes.create_string_buffer(_TCP_INFO_LEN)
+        self._length = ctypes.c_uint32()
+        self._length_ref = ctypes.byref(self._length)
+
+    def unread_seconds(self, transport: asyncio.BaseTransport | None) -> float | None:
+        """Seconds since the kernel received the last bytes of the request on this connection,
+        or None where the socket cannot tell (not TCP, not Linux, or already closed).
+
+        The kernel counts in clock ticks (4 ms at HZ=250), so one reading can be off by a
+        tick either way, but its mean is right: a request read a tenth of a tick after it
+        arrived reads one tick in one case of ten and zero otherwise. A client sends its next
+        request on a connection after the previous answer, so the last data received is this
+        request's; one that pipelines gets the age of its latest request, which never
+        overstates the wait.
+        """
+        if self._getsockopt is None or transport is None:
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        self._length.value = _TCP_INFO_LEN
+        # A Unix socket or a closed descriptor fails the call: no TCP_INFO there.
+        failed = self._getsockopt(
+            sock.fileno(),
+            socket.IPPROTO_TCP,
+            _TCP_INFO,
+            self._info,
+            self._length_ref,
+        )
+        if failed or self._length.value < _TCP_INFO_LEN:
+            return None
+        (millis,) = _LAST_DATA_RECV.unpack_from(self._info, _LAST_DATA_RECV_OFFSET)
+        return float(millis) / 1000.0

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from management.store import Store
-from query_frontend.arrival import unread_seconds
+from query_frontend.arrival import ArrivalClock
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import json_error
 from query_frontend.errors import NOT_FOUND, QueryError
@@ -30,6 +30,7 @@ METRICS_KEY = web.AppKey("metrics", MetricsRegistry)
 WATCHER_KEY = web.AppKey("watcher", ClusterWatcher)
 PEERS_KEY = web.AppKey("peers", Peers)
 LOOP_LAG_KEY = web.AppKey("loop_lag", LoopLag)
+ARRIVAL_KEY = web.AppKey("arrival", ArrivalClock)
 
 
 def _json(doc: object, status: int = 200) -> web.Response:
@@ -60,7 +61,7 @@ async def predict(request: web.Request) -> web.Response:
     body = await request.read()
     # The query's SLO counts from when the request reached this host, not from now: it may
     # have waited in its socket while the loop was busy or the process was off the CPU.
-    unread_s = unread_seconds(request.transport)
+    unread_s = request.app[ARRIVAL_KEY].unread_seconds(request.transport)
     if unread_s is None:
         unread_s = request.app[LOOP_LAG_KEY].seconds
     is_batch, predictions = await request.app[PREDICTOR_KEY].predict(
@@ -141,6 +142,7 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
     app[WATCHER_KEY] = watcher
     app[PEERS_KEY] = peers
     app[LOOP_LAG_KEY] = loop_lag
+    app[ARRIVAL_KEY] = ArrivalClock()
     # The predictor registers the per-request metrics; these are reported from the first scrape.
     registry.meter("internal:aggregate_model_throughput")
     registry.histogram("internal:rpc_request_queueing_delay")

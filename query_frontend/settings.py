@@ -1,8 +1,8 @@
 """The query frontend's settings, read from CLIPPER_QF_* environment variables."""
 
-from typing import Literal
-
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from management.event_loop import EventLoopName
 
 DEFAULT_PREDICTION_CACHE_SIZE_BYTES = 33554432
 
@@ -39,4 +39,4 @@ class FrontendSettings(BaseSettings):
     log_level: str = "INFO"
     # The event loop: uvloop runs the loop itself in C, which takes about a tenth off the
     # frontend's CPU per request; "asyncio" is the standard library's.
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    event_loop: EventLoopName = "uvloop"

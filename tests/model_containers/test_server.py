@@ -83,6 +83,26 @@ async def test_ragged_batch_is_an_object_array(serve: Callable[..., Any]) -> Non
     assert [o.value for o in response.outputs] == ["object:1", "object:2"]
 
 
+async def test_a_model_may_change_its_inputs_in_place(serve: Callable[..., Any]) -> None:
+    def model(xs: Any) -> list[str]:
+        xs -= 1.0
+        return [str(float(x.sum())) for x in xs]
+
+    stub = (await serve(model)).stub
+    response = await stub.Predict(_doubles([1, 2], [3, 4]))
+    assert [o.value for o in response.outputs] == ["1.0", "5.0"]
+
+
+async def test_inputs_that_are_not_whole_values_are_invalid(serve: Callable[..., Any]) -> None:
+    stub = (await serve(lambda xs: ["x"] * len(xs))).stub
+    # Two 4-byte inputs make 8 bytes, one double's worth, but neither is a double.
+    request = model_pb2.PredictRequest(input_type=model_pb2.DOUBLES, inputs=[b"abcd", b"efgh"])
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Predict(request)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a whole number of float64 values" in (e.value.details() or "")
+
+
 async def test_outputs_are_stringified(serve: Callable[..., Any]) -> None:
     stub = (await serve(lambda xs: np.arange(len(xs)) * 1.5)).stub
     response = await stub.Predict(_doubles([1], [2]))

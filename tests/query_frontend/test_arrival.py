@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from query_frontend.arrival import unread_seconds
+from query_frontend.arrival import ArrivalClock
 
 LOOPS: list[Callable[[], asyncio.AbstractEventLoop]] = [
     asyncio.new_event_loop,
@@ -49,7 +49,7 @@ async def _age_after(wait_s: float, unix_dir: Path | None = None) -> tuple[float
         writer.write(b"POST /a/predict HTTP/1.1\r\n\r\n")
         await received.data.wait()
         await asyncio.sleep(wait_s)
-        return unread_seconds(received.transport), time.monotonic() - sent
+        return ArrivalClock().unread_seconds(received.transport), time.monotonic() - sent
     finally:
         writer.close()
         server.close()
@@ -73,7 +73,7 @@ def test_a_socket_that_cannot_tell_gives_none(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp, asyncio.Runner(loop_factory=new_loop) as runner:
         assert runner.run(_age_after(0.0, Path(tmp)))[0] is None
-    assert unread_seconds(None) is None
+    assert ArrivalClock().unread_seconds(None) is None
 
 
 def test_a_closed_connection_gives_none() -> None:
@@ -89,6 +89,6 @@ def test_a_closed_connection_gives_none() -> None:
         await asyncio.sleep(0)
         client.close()
         server.close()
-        return unread_seconds(received.transport)
+        return ArrivalClock().unread_seconds(received.transport)
 
     assert asyncio.run(closed()) is None
