@@ -252,6 +252,7 @@ class ModelQueue:
     # After this long with no batch sent, the latency model is doubted: queries are admitted
     # and one is sent even if predicted late, so that the model measures again.
     RELEARN_S: ClassVar[float] = 0.5
+    GATHER_PASSES: ClassVar[int] = 4
 
     def __init__(
         self,
@@ -360,6 +361,10 @@ class ModelQueue:
                 heapq.heappop(self._heap)  # answered elsewhere (a twin, or a failure)
             if not self._heap:
                 continue
+            if any(self._overlapped):
+                await self._gather_arrived()
+                if not self._heap:
+                    continue
             now = time.monotonic()
             size, wait_s = self.policy.plan(
                 self._urgent_budgets_s(now),
@@ -375,6 +380,21 @@ class ModelQueue:
             if batch:
                 self._batches_out += 1
                 return batch
+
+    async def _gather_arrived(self) -> None:
+        """Lets the event loop run while each of its passes still queues more queries.
+
+        Requests that reached the frontend together are read, parsed and queued over a few
+        passes of the loop. A batch taken at the first of them leaves the rest for the next
+        one, and every batch costs its replica and the frontend a fixed amount (gRPC, thread
+        hand-offs), so a batch now waits until a pass adds nothing, at most GATHER_PASSES.
+        That waits for work already on this host, never for work yet to come.
+        """
+        for _ in range(self.GATHER_PASSES):
+            queued = len(self._heap)
+            await asyncio.sleep(0)  # one pass of the loop: a yield, not a timed wait
+            if len(self._heap) == queued:
+                return
 
     def batch_done(self) -> None:
         """A batch that `take` returned is answered, failed or back in the queue."""

@@ -277,6 +277,27 @@ async def test_a_client_that_waits_for_each_answer_is_never_held_for_a_fuller_ba
         queue.batch_done()
 
 
+async def test_queries_that_reach_the_queue_over_a_few_loop_passes_go_in_one_batch() -> None:
+    queue = _queue()
+    for size in (1, 8, 32, 1, 8, 32, 1, 8, 32):
+        queue.policy.observe(size, 0.0005 + 0.00001 * size, True)  # cheap: never worth a wait
+    deadline = time.monotonic() + 10
+    queue.put(b"0", deadline, _future())
+    queue.put(b"1", deadline, _future())  # arrived while another was queued
+    loop = asyncio.get_running_loop()
+
+    # Requests that came in together are parsed and queued one loop pass after another.
+    def queue_one_per_pass(item: int) -> None:
+        if item < 5:
+            queue.put(str(item).encode(), deadline, _future())
+            loop.call_soon(queue_one_per_pass, item + 1)
+
+    taking = asyncio.create_task(queue.take())
+    loop.call_soon(queue_one_per_pass, 2)
+    batch = await taking
+    assert sorted(q.item for q in batch) == [b"0", b"1", b"2", b"3", b"4"]
+
+
 def test_a_batch_that_would_fall_behind_the_arrivals_waits_for_one_that_keeps_up() -> None:
     policy = BatchPolicy(-1, max_adaptive_size=64, max_wait_s=0.05)
     for size in (1, 4, 16, 1, 4, 16, 1, 4, 16):
