@@ -189,16 +189,25 @@ def encode_input(value: Any, input_type: InputType, where: str) -> bytes:
         packed = _packer(code, len(value)).pack(*value)
     except (struct.error, OverflowError):
         raise _precise_error(value, code, allowed, name, where) from None
+    if len(value) <= _SHORT_ARRAY:
+        # A short array is checked whole: cheaper than numpy's fixed costs to find suspects.
+        if not set(map(type, value)) <= allowed:
+            raise _element_error(value, allowed, name, where)
+        return packed
     view = np.frombuffer(packed, dtype=_WIRE_DTYPES[code])
     # A boolean became 0 or 1, so only those elements need their JSON type checked (all of
-    # them when they are many, or the array is short).
-    suspects = np.flatnonzero((view == 0) | (view == 1)) if len(view) > 64 else view
+    # them when they are many).
+    suspects = np.flatnonzero((view == 0) | (view == 1))
     if len(suspects) > len(view) // 8:
         if not set(map(type, value)) <= allowed:
             raise _element_error(value, allowed, name, where)
     elif any(type(value[i]) is bool for i in suspects.tolist()):
         raise _element_error(value, allowed, name, where)
     return packed
+
+
+# Up to this length an array's element types are checked one by one, without numpy.
+_SHORT_ARRAY = 64
 
 
 @functools.lru_cache(maxsize=64)
