@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import time
 import uuid
 import venv
@@ -263,8 +265,19 @@ class LocalContainerManager(ContainerManager):
         return str(target)
 
     def _build_venv(self, venv_dir: Path, pkgs: list[str], log_path: Path) -> None:
-        # System site-packages keep the runtime and numpy available without reinstalling them.
-        venv.EnvBuilder(system_site_packages=True, with_pip=True).create(venv_dir)
+        # The model's environment extends the one this cluster runs in (the replica runtime,
+        # grpc, numpy, uvloop), not the base interpreter's, which may have none of them when
+        # this process runs in a virtual environment. Its own packages come first on the path.
+        venv.EnvBuilder(with_pip=True).create(venv_dir)
+        site_dir = sysconfig.get_path(
+            "purelib", scheme="venv", vars={"base": str(venv_dir), "platbase": str(venv_dir)}
+        )
+        parents = [p for p in site.getsitepackages() if Path(p).is_dir()]
+        # addsitedir, not a plain path line: the parent's own .pth files (an editable install
+        # of this project) must run too.
+        Path(site_dir, "_clipper_cluster_env.pth").write_text(
+            "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in parents) + "\n"
+        )
         pip = [str(venv_dir / "bin" / "python"), "-m", "pip", "install", *pkgs]
         logger.info("Installing %s for the model", " ".join(pkgs))
         with log_path.open("wb") as log:
