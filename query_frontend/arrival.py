@@ -21,7 +21,7 @@ def _libc_getsockopt() -> Any:
     # No argtypes: ctypes converts Python ints to C ints by default, and its argtypes checks
     # doubled the cost of each call.
     try:
-        return ctypes.CDLL(None, use_errno=True).getsockopt
+        return ctypes.CDLL(None).getsockopt
     except (OSError, AttributeError):
         return None
 
