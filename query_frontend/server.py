@@ -61,9 +61,9 @@ async def predict(request: web.Request) -> web.Response:
     body = await request.read()
     # The query's SLO counts from when the request reached this host, not from now: it may
     # have waited in its socket while the loop was busy or the process was off the CPU.
-    unread_s = request.app[ARRIVAL_KEY].unread_seconds(request.transport)
-    if unread_s is None:
-        unread_s = request.app[LOOP_LAG_KEY].seconds
+    unread_s = request.app[ARRIVAL_KEY].wait_seconds(
+        request.transport, request.app[LOOP_LAG_KEY].seconds
+    )
     is_batch, predictions = await request.app[PREDICTOR_KEY].predict(
         request.match_info["app"], body, unread_s
     )

@@ -92,3 +92,36 @@ def test_a_closed_connection_gives_none() -> None:
         return ArrivalClock().unread_seconds(received.transport)
 
     assert asyncio.run(closed()) is None
+
+
+async def _wait_after(wait_s: float, loop_lag_s: float, unix_dir: Path | None = None) -> float:
+    """Like _age_after, through wait_seconds with the given loop lag."""
+    loop = asyncio.get_running_loop()
+    received = _Received()
+    if unix_dir is None:
+        server = await loop.create_server(lambda: received, "127.0.0.1", 0)
+        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    else:
+        path = str(unix_dir / "s")
+        server = await loop.create_unix_server(lambda: received, path)
+        _, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(b"POST /a/predict HTTP/1.1\r\n\r\n")
+        await received.data.wait()
+        await asyncio.sleep(wait_s)
+        return ArrivalClock().wait_seconds(received.transport, loop_lag_s)
+    finally:
+        writer.close()
+        server.close()
+
+
+def test_a_loop_that_keeps_up_is_taken_at_its_lag_and_a_late_one_asks_the_kernel() -> None:
+    keeping_up = ArrivalClock.ASK_KERNEL_FROM_S / 2
+    behind = ArrivalClock.ASK_KERNEL_FROM_S * 2
+    with tempfile.TemporaryDirectory() as tmp, asyncio.Runner() as runner:
+        # The bytes waited 0.1 s, but a loop lagging under a tick is trusted without a call.
+        assert runner.run(_wait_after(0.1, keeping_up)) == keeping_up
+        # A loop behind by more is doubted: the kernel says how long the bytes waited.
+        assert abs(runner.run(_wait_after(0.1, behind)) - 0.1) <= 0.0105
+        # A socket that cannot tell leaves the lag.
+        assert runner.run(_wait_after(0.1, behind, Path(tmp))) == behind
