@@ -15,14 +15,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import importlib.util
 import random
 import selectors
+import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import query_frontend
 from management.input_types import InputType
-from query_frontend import batching
+
+
+def _batching_from_source() -> ModuleType:
+    """query_frontend.batching run from its source, under another name: the compiled build
+    that `import` finds reads the real clock, which this simulation must replace."""
+    name = "query_frontend._batching_simulated"
+    source = Path(query_frontend.__file__).with_name("batching.py")
+    spec = importlib.util.spec_from_file_location(name, source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+batching = _batching_from_source()
 
 SLICE_S = 0.001
 
@@ -149,6 +169,8 @@ class _Run:
         await self.core.read(cost)
         if refused:
             self.outcomes["refused"] += 1
+            # The frontend answers a refusal when its SLO ends, as predict() does.
+            await asyncio.sleep(max(0.0, deadline - self.clock.now))
             return
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         # An expiry after the wait gave up is read here, as the frontend's _settle would.
@@ -157,6 +179,7 @@ class _Run:
             self.queue.put(b"x", deadline, future)
         except batching.Overloaded:
             self.outcomes["refused"] += 1
+            await asyncio.sleep(max(0.0, deadline - self.clock.now))
             return
         await asyncio.wait([future], timeout=max(0.0, deadline - self.clock.now))
         on_time = future.done() and future.exception() is None

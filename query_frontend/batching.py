@@ -56,6 +56,9 @@ class Query(NamedTuple):
     seq: int
     item: bytes
     future: asyncio.Future[str]
+    # When it was queued, and how long admission expected it to take from then (0: no guess).
+    put_at: float = 0.0
+    expected_s: float = 0.0
 
 
 class LatencyModel:
@@ -247,7 +250,9 @@ class ModelQueue:
     busy, so no expired query is ever sent and none holds queue space.
     """
 
-    ADMISSION_FACTOR: ClassVar[float] = 2.0
+    # How fast admission learns how far its expected waits are from the real ones.
+    CALIBRATION_WEIGHT: ClassVar[float] = 0.01
+    CALIBRATION_RANGE: ClassVar[tuple[float, float]] = (0.5, 3.0)
     RATE_WINDOW: ClassVar[int] = 32
     # After this long with no batch sent, the latency model is doubted: queries are admitted
     # and one is sent even if predicted late, so that the model measures again.
@@ -279,46 +284,78 @@ class ModelQueue:
         # For each of those arrivals, whether another query was then queued or at a replica.
         self._overlapped: deque[bool] = deque(maxlen=self.RATE_WINDOW)
         self._batches_out = 0
+        # When the batch last sent should come back, as predicted when it went.
+        self._busy_until = 0.0
+        # Real waits over expected ones, for queries admitted with a guess: the fitted batch
+        # latencies leave out time the batches spend behind other work (the frontend's own,
+        # on a shared core), and the policy may split a queue in more batches than assumed.
+        self._calibration = 1.0
+        self._admitted_expected_s = 0.0
         self._last_batch_at = time.monotonic()
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def admits(self, deadline: float) -> bool:
-        """Whether a new query with this deadline is worth queueing: `put` refuses it if not."""
-        # Refuse only clearly hopeless work: a refusal is instant, so a client that retries at
-        # once would otherwise keep the frontend busy refusing while the model starves.
-        hopeless_s = self.ADMISSION_FACTOR * (deadline - time.monotonic())
-        return len(self._heap) < self.max_len and self._expected_wait_s() <= hopeless_s
+        """Whether a new query with this deadline is expected to be answered in time: `put`
+        refuses it if not.
+
+        A query admitted and then answered late costs the frontend its parsing and holds a place
+        that an on-time query could have had; one refused costs little, as the frontend answers
+        it unparsed (and at its deadline, so that a client retrying at once cannot turn
+        refusals into a storm).
+        """
+        now = time.monotonic()
+        budget_s = deadline - now
+        expected_s = self._expected_wait_s(now, budget_s)
+        self._admitted_expected_s = expected_s
+        return len(self._heap) < self.max_len and self._calibration * expected_s <= budget_s
 
     def put(
         self, item: bytes, deadline: float, future: asyncio.Future[str], admitted: bool = False
     ) -> None:
         """Queues a query; raises Overloaded when it could not be answered within its deadline.
 
-        `admitted`: the caller has just had `admits` say yes for this deadline.
+        `admitted`: the caller has just had `admits` say yes for this deadline (its estimate is
+        kept for this query).
         """
         if not admitted and not self.admits(deadline):
             raise Overloaded()
         now = time.monotonic()
         self._arrivals.append(now)
         self._overlapped.append(bool(self._heap) or self._batches_out > 0)
-        heapq.heappush(self._heap, Query(deadline, next(self._seq), item, future))
+        query = Query(deadline, next(self._seq), item, future, now, self._admitted_expected_s)
+        heapq.heappush(self._heap, query)
         self._on_change()
 
-    def _expected_wait_s(self) -> float:
-        """How long a new query would take to be answered, at the best rate the replicas have
-        shown or the fitted model promises at full batches; 0 until the model is trusted, and
-        while no batch has gone for RELEARN_S, so that a wrong prediction cannot refuse every
-        query from then on."""
+    def _expected_wait_s(self, now: float, budget_s: float) -> float:
+        """How long a new query would take to be answered: the rest of the batch in progress,
+        then the queue ahead and the query itself, in batches as large as its budget allows.
+
+        0 until the latency model is trusted, and while no batch has gone for RELEARN_S, so
+        that a wrong prediction cannot refuse every query from then on.
+        """
         latency = self.policy.latency
         if not latency.trusted or self._relearning():
             return 0.0
-        cap = self.policy.cap
-        rate_per_replica = max(latency.best_rate_per_s, cap / max(latency.predict_s(cap), 1e-9))
-        return len(self._heap) / (rate_per_replica * max(self.num_workers, 1)) + latency.predict_s(
-            1
+        workers = max(self.num_workers, 1)
+        busy_s = max(0.0, self._busy_until - now) if self._batches_out >= workers else 0.0
+        per_worker = -(-(len(self._heap) + 1) // workers)
+        size = latency.largest_size_within(
+            (budget_s - busy_s) * self.policy.SAFETY, self.policy.cap
         )
+        if per_worker <= size:
+            return busy_s + latency.predict_seen_s(per_worker)
+        return busy_s + -(-per_worker // size) * latency.predict_seen_s(size)
+
+    def calibrate(self, query: Query, settled_at: float) -> None:
+        """Learns from a query answered (or expired) at settled_at how far off its expected
+        wait was; a later query's estimate is scaled by what was learned."""
+        if query.expected_s <= 0:
+            return
+        low, high = self.CALIBRATION_RANGE
+        ratio = min(max((settled_at - query.put_at) / query.expected_s, low), high)
+        self._calibration += self.CALIBRATION_WEIGHT * (ratio - self._calibration)
 
     def _relearning(self) -> bool:
         return time.monotonic() - self._last_batch_at > self.RELEARN_S
@@ -350,6 +387,7 @@ class ModelQueue:
             query = heapq.heappop(self._heap)
             if not query.future.done():
                 query.future.set_exception(QueryExpired())
+                self.calibrate(query, now)
         self._arm_timer()
 
     async def take(self) -> list[Query]:
@@ -469,9 +507,11 @@ class ModelQueue:
             batch.append(late.pop())
         if batch:
             self._last_batch_at = now
+            self._busy_until = finish
         for query in late:
             # It would be answered after its deadline: answer it with the default now.
             query.future.set_exception(QueryExpired())
+            self.calibrate(query, max(query.deadline, now))
         self._arm_timer()
         return batch
 
@@ -645,6 +685,7 @@ class ReplicaWorker:
         # answer still fills the cache.
         late = sum(1 for query in batch if query.deadline < finished)
         for query, output in zip(batch, response.outputs, strict=True):
+            self._queue.calibrate(query, finished)
             if query.future.done():
                 continue
             if output.WhichOneof("result") == "error":

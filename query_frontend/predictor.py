@@ -117,6 +117,8 @@ class Predictor:
         refusal, admitted_by = self._refuse_unparsed(app_name, body, deadline, default)
         if refusal is not None:
             refused_model, prediction = refusal
+            if prediction.default_explanation == OVERLOADED_EXPLANATION:
+                await _wait_until([], deadline)  # as the SLO's timer would: see below
             self._record(app_name, refused_model, [prediction], started, unread_s)
             return False, [prediction]
         request = parse_predict_request(body, parse_input_type(app.input_type))
@@ -156,7 +158,12 @@ class Predictor:
         if overloaded:
             self._metrics.counter(f"model:{name}:{version}:overloaded").increment(overloaded)
         pending = [f for f in futures if f is not None and not f.done()]
-        if pending:
+        if overloaded:
+            # A refused query gets its default when its SLO ends, as Clipper's timer gave it,
+            # not at once: a client that retries at once would otherwise send its next request
+            # at once too, and the frontend would spend the model's core reading refusals.
+            await _wait_until([], deadline)
+        elif pending:
             await _wait_until(pending, deadline)
 
         predictions = []
@@ -298,7 +305,8 @@ class Predictor:
 
 
 async def _wait_until(futures: list[asyncio.Future[str]], deadline: float) -> None:
-    """Returns when every future is done or the deadline (on the loop's monotonic clock) comes.
+    """Returns when every future is done or the deadline (on the loop's monotonic clock) comes;
+    with no futures, at the deadline.
 
     asyncio.wait does the same with sets, a per-call timeout computation and more callbacks;
     this runs once per request, so its cost is the frontend's.

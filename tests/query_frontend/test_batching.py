@@ -105,7 +105,8 @@ async def test_queries_that_would_finish_late_are_shed_not_sent() -> None:
         queue.policy.observe(1, 0.2, True)  # trusted: a batch of one takes 200 ms
     late, on_time = _future(), _future()
     now = time.monotonic()
-    queue.put(b"late", now + 0.15, late)  # admitted: not hopeless, only late
+    # Admitted by the caller's own judgement (admits() would refuse it): only shed at the batch.
+    queue.put(b"late", now + 0.15, late, admitted=True)
     queue.put(b"on-time", now + 5.0, on_time)
     batch = await queue.take()
     assert [q.item for q in batch] == [b"on-time"]
@@ -132,7 +133,7 @@ async def test_queries_that_all_look_late_are_shed_while_batches_are_going() -> 
     queue.put(b"on-time", time.monotonic() + 5.0, _future())
     assert len(await queue.take()) == 1  # a batch has just gone
     late = _future()
-    queue.put(b"late", time.monotonic() + 0.15, late)
+    queue.put(b"late", time.monotonic() + 0.15, late, admitted=True)
     taker = asyncio.create_task(queue.take())
     with pytest.raises(QueryExpired):
         await asyncio.wait_for(late, 1.0)
@@ -140,14 +141,38 @@ async def test_queries_that_all_look_late_are_shed_while_batches_are_going() -> 
     taker.cancel()
 
 
-async def test_a_query_with_less_budget_than_a_batch_of_one_takes_is_refused() -> None:
+async def test_a_query_is_refused_when_the_batch_in_progress_and_its_own_overrun_its_budget() -> (
+    None
+):
     queue = _queue()
     for _ in range(10):
         queue.policy.observe(1, 0.2, True)
     queue.put(b"first", time.monotonic() + 5.0, _future())
-    await queue.take()
-    assert queue.admits(time.monotonic() + 0.11)
-    assert not queue.admits(time.monotonic() + 0.05)  # even an empty queue cannot make it
+    await queue.take()  # a batch of one, predicted to take 200 ms, is at the replica
+    assert queue.admits(time.monotonic() + 0.45)
+    assert not queue.admits(time.monotonic() + 0.3)  # it must wait for that batch first
+    queue.batch_done()
+    assert queue.admits(time.monotonic() + 0.25)
+    assert not queue.admits(time.monotonic() + 0.15)  # even an idle replica cannot make it
+
+
+async def test_admission_learns_when_queries_take_longer_than_it_expected() -> None:
+    queue = _queue()
+    for _ in range(10):
+        queue.policy.observe(1, 0.02, True)  # a batch of one takes 20 ms
+    assert queue.admits(time.monotonic() + 0.022)
+    # No replica takes the queries, so each admitted one waits until it expires, after 100 ms:
+    # longer than the 20 to 100 ms expected of it. (Three rounds stay within RELEARN_S.)
+    for _ in range(3):
+        futures = []
+        while queue.admits(time.monotonic() + 0.1):
+            futures.append(_future())
+            queue.put(b"x", time.monotonic() + 0.1, futures[-1], admitted=True)
+        assert futures
+        for future in futures:
+            with pytest.raises(QueryExpired):
+                await asyncio.wait_for(future, 1.0)
+    assert not queue.admits(time.monotonic() + 0.022)  # 20 ms, scaled up, no longer fits
 
 
 async def test_overload_is_refused_at_once() -> None:
@@ -165,8 +190,8 @@ async def test_work_beyond_the_measured_rate_is_refused() -> None:
     for _ in range(5):
         queue.put(b"x", time.monotonic() + 10, _future())
     with pytest.raises(Overloaded):
-        queue.put(b"x", time.monotonic() + 0.2, _future())  # would wait 0.6 s: hopeless
-    queue.put(b"x", time.monotonic() + 0.4, _future())  # late, but left to the expiry timer
+        queue.put(b"x", time.monotonic() + 0.2, _future())  # 6 batches of 0.1 s: 0.6 s
+    queue.put(b"x", time.monotonic() + 0.7, _future())  # they fit in this budget
 
 
 async def test_a_shallow_queue_waits_briefly_for_a_fuller_batch() -> None:

@@ -84,7 +84,7 @@ def test_overload_is_shed_with_an_explanation_and_answers_stay_within_the_slo(
     assert int(counters["model:busy:1:overloaded"]["count"]) >= 150
 
 
-def test_single_queries_to_a_saturated_model_get_the_overload_default_at_once(
+def test_single_queries_to_a_saturated_model_get_the_overload_default_when_their_slo_ends(
     clipper_conn: ClipperConnection,
 ) -> None:
     _deploy_busy_model(clipper_conn, "full")
@@ -107,7 +107,9 @@ def test_single_queries_to_a_saturated_model_get_the_overload_default_at_once(
     assert len(answers) == 30
     refused = [s for r, s in answers if r.get("default_explanation") == OVERLOADED_EXPLANATION]
     assert len(refused) >= 20
-    assert max(refused) < 0.15  # at once: not after the 200 ms SLO
+    # At the 200 ms SLO, as Clipper's timer would answer: a client retrying at once after a
+    # refusal would otherwise flood the frontend with requests it can only refuse.
+    assert min(refused) > 0.15 and max(refused) < 0.5
     for response, _ in answers:
         assert isinstance(response["query_id"], int)
         assert response["output"] == -1 if response["default"] else response["output"] >= 0
