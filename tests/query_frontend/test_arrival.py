@@ -8,11 +8,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import uvloop
 
 from query_frontend.arrival import ArrivalClock
+
+T = TypeVar("T")
 
 LOOPS: list[Callable[[], asyncio.AbstractEventLoop]] = [
     asyncio.new_event_loop,
@@ -35,6 +38,14 @@ class _Received(asyncio.Protocol):
 async def _age_after(wait_s: float, unix_dir: Path | None = None) -> tuple[float | None, float]:
     """Sends bytes to a server and leaves them wait_s; their age as the server side reads it,
     and the time since they were sent."""
+    return await _read_after(wait_s, ArrivalClock().unread_seconds, unix_dir)
+
+
+async def _read_after(
+    wait_s: float, read: Callable[[asyncio.BaseTransport | None], T], unix_dir: Path | None = None
+) -> tuple[T, float]:
+    """Sends bytes to a server and leaves them wait_s; what `read` says of the server side's
+    transport then, and the time since they were sent."""
     loop = asyncio.get_running_loop()
     received = _Received()
     if unix_dir is None:
@@ -49,7 +60,7 @@ async def _age_after(wait_s: float, unix_dir: Path | None = None) -> tuple[float
         writer.write(b"POST /a/predict HTTP/1.1\r\n\r\n")
         await received.data.wait()
         await asyncio.sleep(wait_s)
-        return ArrivalClock().unread_seconds(received.transport), time.monotonic() - sent
+        return read(received.transport), time.monotonic() - sent
     finally:
         writer.close()
         server.close()
@@ -96,23 +107,9 @@ def test_a_closed_connection_gives_none() -> None:
 
 async def _wait_after(wait_s: float, loop_lag_s: float, unix_dir: Path | None = None) -> float:
     """Like _age_after, through wait_seconds with the given loop lag."""
-    loop = asyncio.get_running_loop()
-    received = _Received()
-    if unix_dir is None:
-        server = await loop.create_server(lambda: received, "127.0.0.1", 0)
-        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
-    else:
-        path = str(unix_dir / "s")
-        server = await loop.create_unix_server(lambda: received, path)
-        _, writer = await asyncio.open_unix_connection(path)
-    try:
-        writer.write(b"POST /a/predict HTTP/1.1\r\n\r\n")
-        await received.data.wait()
-        await asyncio.sleep(wait_s)
-        return ArrivalClock().wait_seconds(received.transport, loop_lag_s)
-    finally:
-        writer.close()
-        server.close()
+    clock = ArrivalClock()
+    waited, _ = await _read_after(wait_s, lambda t: clock.wait_seconds(t, loop_lag_s), unix_dir)
+    return waited
 
 
 def test_a_loop_that_keeps_up_is_taken_at_its_lag_and_a_late_one_asks_the_kernel() -> None:
