@@ -80,7 +80,6 @@ class LatencyModel:
         self._by_size: dict[int, tuple[float, int]] = {}
         self.fixed_s = 0.0
         self.per_item_s = 0.0
-        self.best_rate_per_s = 0.0
         self.largest_seen = 0
         self._slope_measured = False
 
@@ -103,9 +102,6 @@ class LatencyModel:
         alpha = max(self.SIZE_SMOOTHING, 1 / (count + 1))
         self._by_size[size] = (mean_s + alpha * (latency_s - mean_s), count + 1)
         self.largest_seen = max(size for size, _ in self._samples)
-        self.best_rate_per_s = max(
-            (n / t for n, t in self._samples if t > 0), default=self.best_rate_per_s
-        )
         n = len(self._samples)
         mean_x = sum(x for x, _ in self._samples) / n
         mean_y = sum(y for _, y in self._samples) / n

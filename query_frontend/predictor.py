@@ -117,8 +117,9 @@ class Predictor:
         refusal, admitted_by = self._refuse_unparsed(app_name, body, deadline, default)
         if refusal is not None:
             refused_model, prediction = refusal
-            if prediction.default_explanation == OVERLOADED_EXPLANATION:
-                await _wait_until([], deadline)  # as the SLO's timer would: see below
+            # At its deadline, as the SLO's timer would answer it (see below); an expired
+            # request's deadline has passed, so it is answered at once.
+            await _wait_until([], deadline)
             self._record(app_name, refused_model, [prediction], started, unread_s)
             return False, [prediction]
         request = parse_predict_request(body, parse_input_type(app.input_type))
