@@ -90,6 +90,7 @@ class Predictor:
         self._cache_lookups = metrics.counter("internal:prediction_cache_lookups")
         self._cache_hit_ratio = metrics.ratio("internal:prediction_cache_hit_ratio")
         self._unread_wait = metrics.histogram("internal:unread_wait")
+        self._late_replies = metrics.counter("internal:late_replies")
 
     def known_app(self, app_name: str) -> bool:
         return self._router.app(app_name) is not None
@@ -167,9 +168,21 @@ class Predictor:
         elif pending:
             await _wait_until(pending, deadline)
 
+        # An answer that came back in time is still late if the handler only runs once the SLO
+        # has passed (the loop was busy, or the process off the CPU), and the SLO promises the
+        # default instead of a late answer, whatever made it late. Past the deadline but
+        # within the SLO, the reply margin is there for it.
+        late = time.monotonic() > started + slo_s
+        late_replies = 0
         predictions = []
         for query_id, future in zip(ids, futures, strict=True):
-            predictions.append(self._settle(query_id, future, default))
+            prediction = self._settle(query_id, future, default)
+            if late and not prediction.default:
+                prediction = Prediction(query_id, default, True, SLO_EXPLANATION)
+                late_replies += 1
+            predictions.append(prediction)
+        if late_replies:
+            self._late_replies.increment(late_replies)
         self._record(app_name, model_id, predictions, started, unread_s)
         return request.is_batch, predictions
 

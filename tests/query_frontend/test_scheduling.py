@@ -201,6 +201,32 @@ def test_a_request_that_arrived_at_the_end_of_a_stall_keeps_its_whole_slo(
     assert answers[0]["default"] is False, answers
 
 
+def test_answers_ready_only_after_the_slo_are_replaced_by_the_default(
+    clipper_conn: ClipperConnection,
+) -> None:
+    _deploy_answering_at_once(clipper_conn, "cached", slo_micros=100_000)
+    batch = {"input_batch": [[1.0], [2.0]]}
+    first = predict(clipper_conn, "cached", batch)["batch_predictions"]
+    assert not any(p["default"] for p in first)  # both answers are in the prediction cache now
+    answers: list[dict[str, Any]] = []
+    client = threading.Thread(target=lambda: answers.append(predict(clipper_conn, "cached", batch)))
+    # The request waits unread for three times its SLO. Its answers are cached, so they are
+    # ready the moment it is read, but a reply then would reach the client past its SLO.
+    with _frontend_stalled(clipper_conn):
+        client.start()
+        time.sleep(0.3)
+    client.join(10)
+    assert len(answers) == 1
+    late = answers[0]["batch_predictions"]
+    assert all(p["default"] and p["default_explanation"] == SLO_EXPLANATION for p in late), late
+    counters = {k: v for e in clipper_conn.inspect_instance()["counters"] for k, v in e.items()}
+    assert int(counters["internal:late_replies"]["count"]) == 2
+    time.sleep(0.05)  # the loop has caught up
+    assert not any(
+        p["default"] for p in predict(clipper_conn, "cached", batch)["batch_predictions"]
+    )
+
+
 def test_answers_that_come_back_after_the_deadline_are_counted(
     clipper_conn: ClipperConnection,
 ) -> None:
