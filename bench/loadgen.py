@@ -36,6 +36,12 @@ class RunResult:
     def goodput(self) -> float:
         return len(self.answered_latencies_s) / self.elapsed_s if self.elapsed_s else 0.0
 
+    def answered_within_per_s(self, limit_s: float) -> float:
+        """Answers per second that reached the client within limit_s: the goodput an SLO of
+        limit_s would count. A late answer is an answer, but not one the SLO promised."""
+        within = sum(1 for latency in self.answered_latencies_s if latency <= limit_s)
+        return within / self.elapsed_s if self.elapsed_s else 0.0
+
     def percentile_ms(self, q: float, answered_only: bool = False) -> float:
         values = sorted(self.answered_latencies_s if answered_only else self.latencies_s)
         if not values:

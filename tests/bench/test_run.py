@@ -1,4 +1,4 @@
-"""The benchmark's choice among repeated open-loop runs."""
+"""The benchmark's choice among repeated open-loop runs, and what it counts of each."""
 
 from __future__ import annotations
 
@@ -19,18 +19,34 @@ def _result(defaults: int, answered_ms: float) -> RunResult:
 
 def test_the_median_run_by_defaults_is_kept_with_the_spread_of_all() -> None:
     runs = [(_result(d, ms), 0.9, 20.0) for d, ms in ((12, 64.0), (0, 45.0), (3, 51.0))]
-    (chosen, cpu, batch), spread = median_run(runs)
+    (chosen, cpu, batch), spread = median_run(runs, 0.05)
     assert chosen.defaults == 3 and (cpu, batch) == (0.9, 20.0)
-    assert spread == "defaults 0.00%-12.00%, p99 of answers 45.0-64.0 ms over 3 runs"
+    # Answers within a 50 ms SLO: all 100 of the run at 45 ms, none at 51 or 64 ms.
+    assert spread == (
+        "defaults 0.00%-12.00%, p99 of answers 45.0-64.0 ms, "
+        "answers within the SLO 0-100/s over 3 runs"
+    )
 
 
 def test_equal_defaults_are_ordered_by_the_p99_of_answers() -> None:
     runs = [(_result(1, ms), 1.0, None) for ms in (70.0, 40.0, 55.0, 60.0)]
-    (chosen, _, _), _ = median_run(runs)
+    (chosen, _, _), _ = median_run(runs, 0.05)
     # Of four, the lower middle one: the second best.
     assert chosen.answered_latencies_s[0] == 0.055
 
 
 def test_a_single_run_is_its_own_median() -> None:
     only = (_result(5, 48.0), 0.5, 8.0)
-    assert median_run([only])[0] == only
+    assert median_run([only], 0.05)[0] == only
+
+
+def test_answers_within_the_slo_leave_out_late_answers_and_defaults() -> None:
+    result = RunResult(
+        sent=5,
+        latencies_s=[0.01, 0.05, 0.0501, 0.2, 0.03],
+        defaults=1,
+        elapsed_s=2.0,
+        answered_latencies_s=[0.01, 0.05, 0.0501, 0.2],
+    )
+    assert result.answered_within_per_s(0.05) == 1.0  # 0.01 and 0.05 s, over 2 s
+    assert result.goodput == 2.0
