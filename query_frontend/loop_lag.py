@@ -11,10 +11,9 @@ class LoopLag:
     A request's SLO clock starts when its handler runs, but the client's started earlier: the
     request waited in its socket while the loop was busy with other work, or while the process
     was off the CPU. A tick due during that time ran late by about as much, so subtracting the
-    lag from a request's start counts that wait against its SLO. While the lag is small, and
-    a sample of the kernel's readings bears it out, it is the measure (query_frontend.arrival);
-    otherwise the kernel is asked: a request read right after a stall sees the whole stall's
-    lag though it may have come at its end, and a wait between two ticks leaves them on time.
+    lag from a request's start counts that wait against its SLO. While the lag is small it is
+    the measure (query_frontend.arrival); after a stall the kernel is asked instead, since a
+    request read right after it sees the whole stall's lag though it may have come at its end.
     """
 
     def __init__(self, interval_s: float = 0.005) -> None:

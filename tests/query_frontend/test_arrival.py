@@ -105,62 +105,20 @@ def test_a_closed_connection_gives_none() -> None:
     assert asyncio.run(closed()) is None
 
 
-async def _waits(
-    clock: ArrivalClock,
-    loop_lag_s: float,
-    calls: int,
-    wait_s: float = 0.0,
-    unix_dir: Path | None = None,
-) -> list[float]:
-    """wait_seconds for `calls` requests on one connection, each `wait_s` after its bytes came
-    (the bytes are sent afresh for each), with the given loop lag."""
-    loop = asyncio.get_running_loop()
-    received = _Received()
-    if unix_dir is None:
-        server = await loop.create_server(lambda: received, "127.0.0.1", 0)
-        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
-    else:
-        path = str(unix_dir / "s")
-        server = await loop.create_unix_server(lambda: received, path)
-        _, writer = await asyncio.open_unix_connection(path)
-    waits = []
-    try:
-        for _ in range(calls):
-            received.data.clear()
-            writer.write(b"POST /a/predict HTTP/1.1\r\n\r\n")
-            await received.data.wait()
-            if wait_s:
-                await asyncio.sleep(wait_s)
-            waits.append(clock.wait_seconds(received.transport, loop_lag_s))
-    finally:
-        writer.close()
-        server.close()
-    return waits
-
-
-def test_the_lag_is_checked_against_the_kernel_and_doubted_while_it_falls_short() -> None:
+async def _wait_after(wait_s: float, loop_lag_s: float, unix_dir: Path | None = None) -> float:
+    """Like _age_after, through wait_seconds with the given loop lag."""
     clock = ArrivalClock()
-    lag = 0.001  # the loop keeps up: its last tick ran 1 ms late
-    every = ArrivalClock.SAMPLE_EVERY
-    with asyncio.Runner() as runner:
-        # Requests that waited 50 ms between two ticks, as when the frontend is taken off the
-        # CPU: the lag is trusted until a checked request shows it fell short.
-        waits = runner.run(_waits(clock, lag, every + 2, wait_s=0.05))
-        assert waits[: every - 1] == [lag] * (every - 1)
-        # The check, and from then on every request, is read from the kernel.
-        assert all(abs(w - 0.05) <= 0.0105 for w in waits[every - 1 :]), waits
-        # Requests read as soon as they come: each reading bears the lag out, so it is
-        # trusted again after a while.
-        waits = runner.run(_waits(clock, lag, 200))
-        trusted_from = waits.index(lag)
-        assert 1 < trusted_from < 200 - every
-        assert waits[trusted_from : trusted_from + every - 1] == [lag] * (every - 1)
+    waited, _ = await _read_after(wait_s, lambda t: clock.wait_seconds(t, loop_lag_s), unix_dir)
+    return waited
 
 
-def test_where_the_socket_cannot_tell_the_lag_stands() -> None:
-    clock = ArrivalClock()
+def test_a_loop_that_keeps_up_is_taken_at_its_lag_and_a_late_one_asks_the_kernel() -> None:
+    keeping_up = ArrivalClock.ASK_KERNEL_FROM_S / 2
+    behind = ArrivalClock.ASK_KERNEL_FROM_S * 2
     with tempfile.TemporaryDirectory() as tmp, asyncio.Runner() as runner:
-        waits = runner.run(_waits(clock, 0.001, 2 * ArrivalClock.SAMPLE_EVERY, 0.01, Path(tmp)))
-        assert waits == [0.001] * (2 * ArrivalClock.SAMPLE_EVERY)
-        # A loop behind by more than a tick is doubted; with no kernel reading, its lag stands.
-        assert runner.run(_waits(clock, 0.02, 1, 0.01, Path(tmp))) == [0.02]
+        # The bytes waited 0.1 s, but a loop lagging under a tick is trusted without a call.
+        assert runner.run(_wait_after(0.1, keeping_up)) == keeping_up
+        # A loop behind by more is doubted: the kernel says how long the bytes waited.
+        assert abs(runner.run(_wait_after(0.1, behind)) - 0.1) <= 0.0105
+        # A socket that cannot tell leaves the lag.
+        assert runner.run(_wait_after(0.1, behind, Path(tmp))) == behind
