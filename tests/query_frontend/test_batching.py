@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
 import time
+from pathlib import Path
+from typing import Any
 
+import cloudpickle
 import pytest
 
 from management.input_types import InputType
+from model_containers.loading import create_model
+from model_containers.manifest import ModelManifest
+from model_containers.server import ModelServicer, ReplicaServer
 from query_frontend.batching import (
     BatchPolicy,
     LatencyModel,
     ModelQueue,
     Overloaded,
     QueryExpired,
+    ReplicaClient,
+    ReplicaWorker,
 )
 
 
@@ -383,3 +392,44 @@ async def test_a_short_lull_in_arrivals_does_not_hide_the_load() -> None:
     # Batches of one (200/s) cannot keep up with the load: the replica waits for a batch
     # that can, rather than taking the lone query and falling behind.
     assert len(batch) > 1
+
+
+async def test_the_replies_of_a_costly_batch_go_out_before_the_next_batch_is_taken(
+    tmp_path: Path,
+) -> None:
+    def model(xs: Any) -> list[str]:
+        time.sleep(0.01)  # a costly batch: the replica would take the core for this long
+        return [str(float(x[0])) for x in xs]
+
+    with (tmp_path / "func.pkl").open("wb") as f:
+        cloudpickle.dump(model, f)
+    ModelManifest(runtime="python_closure").write(tmp_path)
+    loaded = create_model(tmp_path)
+    loaded.load()
+    server = ReplicaServer(ModelServicer(loaded, "m", "1", InputType.DOUBLES), "127.0.0.1", 0)
+    port = await server.start()
+    queue = _queue(batch_size=4)
+    queued_at_reply: dict[int, int] = {}
+
+    async def handler(i: int, future: asyncio.Future[str]) -> None:
+        await future
+        queued_at_reply[i] = len(queue)
+
+    handlers = []
+    for i in range(8):
+        future = _future()
+        queue.put(struct.pack("<d", i), time.monotonic() + 10, future)
+        handlers.append(asyncio.create_task(handler(i, future)))
+    worker = ReplicaWorker(
+        "r1", queue, ReplicaClient(f"127.0.0.1:{port}"), lambda *_: None, lambda _: None
+    )
+    queue.num_workers = 1
+    worker.start()
+    try:
+        await asyncio.gather(*handlers)
+    finally:
+        await worker.stop()
+        await server.stop(0)
+    # The first batch's handlers reply while the second batch is still queued: on a core
+    # shared with the replica, a batch sent first would take the core from these replies.
+    assert queued_at_reply == {0: 4, 1: 4, 2: 4, 3: 4, 4: 0, 5: 0, 6: 0, 7: 0}
