@@ -598,12 +598,12 @@ class ReplicaClient:
 class ReplicaWorker:
     """Pulls batches from its model's queue for one replica, with one batch in flight at a time."""
 
-    # After a batch this long, the frontend writes its replies before it sends the next one.
-    # A replica on the frontend's core starts computing as soon as its batch arrives and takes
-    # the core from the handlers that still have to reply, so replies that were on time went
-    # out late. One loop pass runs those handlers first; cheaper batches skip it, since there
-    # the frontend is the bottleneck and the pass only delays the replica (the no-op model's
-    # batches take 1 to 2 ms).
+    # After a batch predicted to take this long, the frontend writes its replies before it
+    # sends the next one. A replica on the frontend's core starts computing as soon as its
+    # batch arrives and takes the core from the handlers that still have to reply, so replies
+    # that were on time went out late. One loop pass runs those handlers first. Cheaper
+    # batches (by the latency model, as for gathering) skip it: there the frontend is the
+    # bottleneck, and the pass would only hold the replica back.
     REPLY_FIRST_FROM_S: ClassVar[float] = 0.003
 
     def __init__(
@@ -620,7 +620,6 @@ class ReplicaWorker:
         self._on_batch = on_batch
         self._on_gone = on_gone
         self._task: asyncio.Task[None] | None = None
-        self._last_latency_s = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"replica-worker-{self.replica_key}")
@@ -646,7 +645,7 @@ class ReplicaWorker:
                 self._queue.batch_done()
             if not replica_alive:
                 return
-            if self._last_latency_s >= self.REPLY_FIRST_FROM_S:
+            if self._queue.policy.latency.predict_s(len(batch)) >= self.REPLY_FIRST_FROM_S:
                 await asyncio.sleep(0)  # one pass: the handlers woken by this batch reply
 
     async def _send(self, batch: list[Query]) -> bool:
@@ -686,7 +685,6 @@ class ReplicaWorker:
             )
             return True
         finished = time.monotonic()
-        self._last_latency_s = finished - started
         met_deadline = finished <= min(q.deadline for q in batch)
         self._queue.policy.observe(len(batch), finished - started, met_deadline)
         # Answered after their deadline: the client already has its default, though the
