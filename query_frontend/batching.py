@@ -214,10 +214,10 @@ class BatchPolicy:
                 now_size, now_score = size, score
         if now_size < queued or now_size >= target or arrival_rate_per_s <= 0:
             return now_size, 0.0
+        if arrival_rate_per_s <= self.kept_up_per_s(now_size, workers):
+            return now_size, 0.0
         need_per_s = arrival_rate_per_s / (max(workers, 1) * self.UTILIZATION)
         now_rate = latency.rate_per_s(now_size)
-        if now_rate >= need_per_s:
-            return now_size, 0.0
         best, best_rate = now_size, now_rate
         for size in range(now_size + 1, target + 1):
             rate = latency.rate_per_s(size)
@@ -230,6 +230,11 @@ class BatchPolicy:
             return now_size, 0.0
         wait_s = min(budgets_s[0] * self.SAFETY - latency.predict_s(best), self.max_wait_s)
         return (best, wait_s) if wait_s > 0 else (now_size, 0.0)
+
+    def kept_up_per_s(self, size: int, workers: int) -> float:
+        """The highest arrival rate that batches of `size` keep up with, each replica busy at
+        most UTILIZATION of its time."""
+        return self.latency.rate_per_s(size) * max(workers, 1) * self.UTILIZATION
 
     def observe(self, size: int, latency_s: float, met_deadline: bool) -> None:
         self.latency.observe(size, latency_s)
@@ -470,16 +475,38 @@ class ModelQueue:
         return (len(self._arrivals) - 1) / max(now - self._arrivals[0], 1e-6)
 
     async def _wait_for_size(self, size: int, until: float) -> None:
-        """Waits until the queue holds `size` queries or the time is up."""
-        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
-        # that races with the inner wait finishing, and a worker must always stop when told.
-        try:
-            async with asyncio.timeout_at(until):
-                while len(self._heap) < size:
-                    self._changed.clear()
+        """Waits until the queue holds `size` queries, the time is up, or the arrivals have
+        stopped for long enough that their rate, measured up to now, is one that a batch of
+        what is queued keeps up with.
+
+        The rate that started the wait was measured over the last arrivals, and those can be
+        a burst: clients that each wait for their answer all send again within a millisecond
+        of their batch's replies, and then none sends more while their queries wait. Waiting
+        on for a batch that only more clients could fill left the replica idle for the whole
+        wait (20 ms at the no-op model's c=64, with the core a fifth idle).
+        """
+        while self._heap and len(self._heap) < size:
+            ends = min(until, self._arrivals_slow_at())
+            if ends <= time.monotonic():
+                return
+            self._changed.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            # that races with the inner wait finishing, and a worker must always stop when told.
+            try:
+                async with asyncio.timeout_at(ends):
                     await self._changed.wait()
-        except TimeoutError:
-            return
+            except TimeoutError:
+                pass
+
+    def _arrivals_slow_at(self) -> float:
+        """When, with no further arrival, the measured arrival rate falls to what batches of
+        what is queued keep up with (as `plan` measures both)."""
+        if len(self._arrivals) < 2:
+            return 0.0
+        kept_up_per_s = self.policy.kept_up_per_s(
+            min(len(self._heap), self.policy.cap), self.num_workers
+        )
+        return self._arrivals[0] + (len(self._arrivals) - 1) / max(kept_up_per_s, 1e-9)
 
     def _pop_batch(self, target: int) -> list[Query]:
         now = time.monotonic()

@@ -394,6 +394,27 @@ async def test_a_short_lull_in_arrivals_does_not_hide_the_load() -> None:
     assert len(batch) > 1
 
 
+async def test_a_wait_for_a_fuller_batch_ends_when_the_arrivals_stop() -> None:
+    policy = BatchPolicy(-1, max_adaptive_size=256, max_wait_s=0.2)
+    queue = ModelQueue("m", "1", InputType.DOUBLES, policy, 1000)
+    queue.num_workers = 1
+    for size in (1, 16, 64, 1, 16, 64, 1, 16, 64):
+        queue.policy.observe(size, 0.0005 + 0.00001 * size, True)  # cheap, like a no-op model
+    # 64 clients that each wait for their answer: after a batch comes back, all 64 send again
+    # within a millisecond. Measured over that burst, the rate says only batches larger than
+    # 64 keep up, but no 65th query can come while these wait.
+    for i in range(64):
+        queue.put(str(i).encode(), time.monotonic() + 10, _future())
+        if i % 8 == 7:
+            await asyncio.sleep(0)  # a few loop passes read them
+    started = time.monotonic()
+    batch = await asyncio.wait_for(queue.take(), timeout=1.0)
+    assert len(batch) == 64
+    # Once the rate measured up to now says a batch of 64 keeps up, the wait is over: within
+    # a few ms here (the wait's own limit is 200 ms).
+    assert time.monotonic() - started < 0.05
+
+
 async def test_the_replies_of_a_costly_batch_go_out_before_the_next_batch_is_taken(
     tmp_path: Path,
 ) -> None:
