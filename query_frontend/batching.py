@@ -628,10 +628,11 @@ class ReplicaWorker:
     # After a batch predicted to take this long, the frontend writes its replies before it
     # sends the next one. A replica on the frontend's core starts computing as soon as its
     # batch arrives and takes the core from the handlers that still have to reply, so replies
-    # that were on time went out late. One loop pass runs those handlers first. Cheaper
+    # that were on time went out late. Two loop passes run those handlers first. Cheaper
     # batches (by the latency model, as for gathering) skip it: there the frontend is the
-    # bottleneck, and the pass would only hold the replica back.
+    # bottleneck, and the passes would only hold the replica back.
     REPLY_FIRST_FROM_S: ClassVar[float] = 0.003
+    REPLY_PASSES: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -673,7 +674,11 @@ class ReplicaWorker:
             if not replica_alive:
                 return
             if self._queue.policy.latency.predict_s(len(batch)) >= self.REPLY_FIRST_FROM_S:
-                await asyncio.sleep(0)  # one pass: the handlers woken by this batch reply
+                # Two passes: a handler waits on its queries through a callback of theirs
+                # (as asyncio.wait does), which wakes its task one pass later; one pass let
+                # the next batch go before any of them replied.
+                for _ in range(self.REPLY_PASSES):
+                    await asyncio.sleep(0)
 
     async def _send(self, batch: list[Query]) -> bool:
         """Sends one batch and settles its queries; False when the replica turned out gone."""

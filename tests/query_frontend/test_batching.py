@@ -433,7 +433,9 @@ async def test_the_replies_of_a_costly_batch_go_out_before_the_next_batch_is_tak
     queued_at_reply: dict[int, int] = {}
 
     async def handler(i: int, future: asyncio.Future[str]) -> None:
-        await future
+        # As the frontend's handlers wait: through a callback on the query's future, which
+        # wakes this task one loop pass after the future is done.
+        await asyncio.wait([future])
         queued_at_reply[i] = len(queue)
 
     handlers = []
