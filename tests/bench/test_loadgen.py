@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -66,6 +68,19 @@ async def test_open_loop_keeps_its_rate_and_counts_errors(base_url: str) -> None
                               connections=4, warmup_s=0.0)  # fmt: skip
     assert failing.errors == failing.sent > 0
     assert not failing.latencies_s
+
+
+async def test_open_loop_latency_leaves_out_the_load_generators_own_lag(base_url: str) -> None:
+    loop = asyncio.get_running_loop()
+    # The load generator's loop stalls for 60 ms (its own work, as when many answers come in
+    # at once): requests due meanwhile go out late, through no fault of the server.
+    loop.call_later(0.25, time.sleep, 0.06)
+    result = await open_loop(f"{base_url}/plain", BODIES, 200.0, 0.5, clipper_classifier,
+                             connections=8, warmup_s=0.0)  # fmt: skip
+    assert result.errors == 0
+    assert max(result.send_lags_s) >= 0.04  # the stall is on record as the client's lag
+    # Only requests in flight during the stall (at most a couple at 200/s) count any of it.
+    assert sum(1 for latency in result.latencies_s if latency > 0.03) <= 2
 
 
 async def test_a_refused_connection_is_an_error_not_a_crash() -> None:
