@@ -45,10 +45,8 @@ class RunResult:
         return within / self.elapsed_s if self.elapsed_s else 0.0
 
     def percentile_ms(self, q: float, answered_only: bool = False) -> float:
-        values = sorted(self.answered_latencies_s if answered_only else self.latencies_s)
-        if not values:
-            return float("nan")
-        return values[min(len(values) - 1, int(q * len(values)))] * 1000
+        values = self.answered_latencies_s if answered_only else self.latencies_s
+        return _percentile(values, q) * 1000 if values else float("nan")
 
     @property
     def default_ratio(self) -> float:

@@ -483,7 +483,7 @@ class ModelQueue:
         a burst: clients that each wait for their answer all send again within a millisecond
         of their batch's replies, and then none sends more while their queries wait. Waiting
         on for a batch that only more clients could fill left the replica idle for the whole
-        wait (20 ms at the no-op model's c=64, with the core a fifth idle).
+        wait (20 ms; likely the no-op model's occasional stall at c=64, core a fifth idle).
         """
         while self._heap and len(self._heap) < size:
             ends = min(until, self._arrivals_slow_at())
