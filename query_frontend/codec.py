@@ -107,7 +107,9 @@ def _parse_numeric(body: bytes, code: str) -> PredictRequest | None:
         # A repeated key is left to the full parser, which keeps the last one as orjson does.
         if not isinstance(doc, simdjson.Object) or len(set(doc.keys())) != len(doc):
             return None
-        version = doc.get("version")
+        # get() of a missing key throws and catches a C++ exception inside simdjson, which
+        # cost 4.7 of the 76 us an MLP request took to parse; `in` costs 0.1 us.
+        version = doc["version"] if "version" in doc else None  # noqa: SIM401
         if version is not None:
             if isinstance(version, bool) or not isinstance(version, (str, int)):
                 return None

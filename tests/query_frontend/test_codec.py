@@ -38,6 +38,7 @@ def _documents(input_type: InputType) -> list[dict[str, Any]]:
         {"input": []},
         {"input": values[:3], "version": "v2"},
         {"input": values[:3], "version": 7},
+        {"input": values, "version": "v3"},
         {"input_batch": [values, values[:1], []], "version": None},
         {"input_batch": []},
         {"input": values[:2], "input_batch": [values[:1]]},
