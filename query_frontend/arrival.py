@@ -40,25 +40,39 @@ class ArrivalClock:
         self._info = ctypes.create_string_buffer(_TCP_INFO_LEN)
         self._length = ctypes.c_uint32()
         self._length_ref = ctypes.byref(self._length)
+        self._behind = False
 
     # The kernel's own resolution (a clock tick, 4 ms at HZ=250): under it, asking the kernel
     # is no more exact than the loop's lag.
     ASK_KERNEL_FROM_S: ClassVar[float] = 0.004
+    # A reading under two ticks: the bytes came less than a tick before they were read.
+    FRESH_BELOW_S: ClassVar[float] = 2 * ASK_KERNEL_FROM_S
 
     def wait_seconds(self, transport: asyncio.BaseTransport | None, loop_lag_s: float) -> float:
         """How long the request on this connection sat unread before its handler ran.
 
         While the loop keeps up (its lag under ASK_KERNEL_FROM_S), a request cannot have
-        waited much longer than the loop lagged, so the lag is the answer. Otherwise the kernel
-        says when the bytes came, or, where it cannot tell, the lag stands.
+        waited much longer than the loop lagged, so the lag is the answer. Once it falls
+        behind, the kernel says when each request's bytes came (where it cannot tell, the lag
+        stands), until a request read after an on-time tick is fresh. An on-time tick alone
+        does not end it: after a stall the loop reads the requests that piled up over several
+        ticks, and the ticks between them run on time though the requests still read have
+        waited the whole stall.
 
         The system call cost about 5 us per request at 10,000 requests per second, a twelfth
         of the frontend's time per no-op query; a loop that keeps up has no use for it.
         """
-        if loop_lag_s < self.ASK_KERNEL_FROM_S:
+        keeping_up = loop_lag_s < self.ASK_KERNEL_FROM_S
+        if keeping_up and not self._behind:
             return loop_lag_s
+        self._behind = True
         measured_s = self.unread_seconds(transport)
-        return loop_lag_s if measured_s is None else measured_s
+        if measured_s is None:
+            self._behind = not keeping_up
+            return loop_lag_s
+        if keeping_up and measured_s < self.FRESH_BELOW_S:
+            self._behind = False
+        return measured_s
 
     def unread_seconds(self, transport: asyncio.BaseTransport | None) -> float | None:
         """Seconds since the kernel received the last bytes of the request on this connection,

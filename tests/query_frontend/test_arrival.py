@@ -105,20 +105,36 @@ def test_a_closed_connection_gives_none() -> None:
     assert asyncio.run(closed()) is None
 
 
-async def _wait_after(wait_s: float, loop_lag_s: float, unix_dir: Path | None = None) -> float:
-    """Like _age_after, through wait_seconds with the given loop lag."""
-    clock = ArrivalClock()
+async def _wait_after(
+    wait_s: float, loop_lag_s: float, clock: ArrivalClock, unix_dir: Path | None = None
+) -> float:
+    """Like _age_after, through the clock's wait_seconds with the given loop lag."""
     waited, _ = await _read_after(wait_s, lambda t: clock.wait_seconds(t, loop_lag_s), unix_dir)
     return waited
 
 
+KEEPING_UP_S = ArrivalClock.ASK_KERNEL_FROM_S / 2
+BEHIND_S = ArrivalClock.ASK_KERNEL_FROM_S * 2
+
+
 def test_a_loop_that_keeps_up_is_taken_at_its_lag_and_a_late_one_asks_the_kernel() -> None:
-    keeping_up = ArrivalClock.ASK_KERNEL_FROM_S / 2
-    behind = ArrivalClock.ASK_KERNEL_FROM_S * 2
     with tempfile.TemporaryDirectory() as tmp, asyncio.Runner() as runner:
         # The bytes waited 0.1 s, but a loop lagging under a tick is trusted without a call.
-        assert runner.run(_wait_after(0.1, keeping_up)) == keeping_up
+        assert runner.run(_wait_after(0.1, KEEPING_UP_S, ArrivalClock())) == KEEPING_UP_S
         # A loop behind by more is doubted: the kernel says how long the bytes waited.
-        assert abs(runner.run(_wait_after(0.1, behind)) - 0.1) <= 0.0105
+        assert abs(runner.run(_wait_after(0.1, BEHIND_S, ArrivalClock())) - 0.1) <= 0.0105
         # A socket that cannot tell leaves the lag.
-        assert runner.run(_wait_after(0.1, behind, Path(tmp))) == behind
+        unix_dir = Path(tmp)
+        assert runner.run(_wait_after(0.1, BEHIND_S, ArrivalClock(), unix_dir)) == BEHIND_S
+
+
+def test_after_falling_behind_the_kernel_is_asked_until_a_request_is_read_fresh() -> None:
+    clock = ArrivalClock()
+    with asyncio.Runner() as runner:
+        assert abs(runner.run(_wait_after(0.1, BEHIND_S, clock)) - 0.1) <= 0.0105
+        # The next tick ran on time, but the loop is still reading what piled up while it was
+        # behind: this request's wait is the kernel's, not the lag.
+        assert abs(runner.run(_wait_after(0.1, KEEPING_UP_S, clock)) - 0.1) <= 0.0105
+        # A request read as soon as it came: the backlog is gone, and so is the doubt.
+        assert runner.run(_wait_after(0.0, KEEPING_UP_S, clock)) < ArrivalClock.FRESH_BELOW_S
+        assert runner.run(_wait_after(0.1, KEEPING_UP_S, clock)) == KEEPING_UP_S

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -152,6 +153,26 @@ def _frontend_stalled(conn: ClipperConnection) -> Iterator[None]:
             process.resume()
 
 
+def _send(conn: ClipperConnection, app: str, body: Any) -> http.client.HTTPConnection:
+    """Sends a predict request without waiting for its answer. When this returns the request
+    is in the frontend's socket, even while the frontend is off the CPU: the kernel takes the
+    connection and its bytes."""
+    host, port = conn.get_query_addr().rsplit(":", 1)
+    client = http.client.HTTPConnection(host, int(port), timeout=60)
+    client.request(
+        "POST", f"/{app}/predict", json.dumps(body), {"Content-Type": "application/json"}
+    )
+    return client
+
+
+def _answer(client: http.client.HTTPConnection) -> Any:
+    with contextlib.closing(client):
+        response = client.getresponse()
+        text = response.read()
+        assert response.status == 200, text
+        return json.loads(text)
+
+
 def _deploy_answering_at_once(conn: ClipperConnection, app: str, slo_micros: int) -> None:
     create_endpoint(conn, app, "doubles", lambda xs: [1] * len(xs), default_output="-1",
                     slo_micros=slo_micros)  # fmt: skip
@@ -162,22 +183,16 @@ def test_a_request_that_waited_unread_counts_that_wait_against_its_slo(
     clipper_conn: ClipperConnection,
 ) -> None:
     _deploy_answering_at_once(clipper_conn, "stalled", slo_micros=100_000)
-    answers: list[dict[str, Any]] = []
-
-    def ask(i: int) -> None:
-        answers.append(predict(clipper_conn, "stalled", {"input": [float(i)]}))
-
-    clients = [threading.Thread(target=ask, args=(i,)) for i in range(1, 6)]
-    # The frontend is off the CPU for 300 ms, three times the SLO, while the requests arrive:
-    # as when a busy core leaves it no time to read them.
+    # The frontend is off the CPU for 300 ms, three times the SLO, after the requests arrive:
+    # as when a busy core leaves it no time to read them. Reading them all takes it several
+    # of its loop-lag ticks, and the later ticks run on time.
     with _frontend_stalled(clipper_conn):
-        for client in clients:
-            client.start()
+        clients = [_send(clipper_conn, "stalled", {"input": [float(i)]}) for i in range(1, 21)]
         time.sleep(0.3)
-    for client in clients:
-        client.join(10)
-    assert len(answers) == 5
-    assert all(a["default"] and a["default_explanation"] == SLO_EXPLANATION for a in answers)
+    answers = [_answer(client) for client in clients]
+    assert all(a["default"] and a["default_explanation"] == SLO_EXPLANATION for a in answers), (
+        answers
+    )
     time.sleep(0.05)  # the loop has caught up: new requests get their whole SLO again
     assert predict(clipper_conn, "stalled", {"input": [9.0]})["default"] is False
 
@@ -186,19 +201,14 @@ def test_a_request_that_arrived_at_the_end_of_a_stall_keeps_its_whole_slo(
     clipper_conn: ClipperConnection,
 ) -> None:
     _deploy_answering_at_once(clipper_conn, "late-stall", slo_micros=200_000)
-    answers: list[dict[str, Any]] = []
-    client = threading.Thread(
-        target=lambda: answers.append(predict(clipper_conn, "late-stall", {"input": [1.0]}))
-    )
     # The frontend is off the CPU for 400 ms, twice the SLO; the request comes in its last
     # 20 ms. Its SLO counts from its own arrival, not from the start of the stall.
     with _frontend_stalled(clipper_conn):
         time.sleep(0.38)
-        client.start()
+        client = _send(clipper_conn, "late-stall", {"input": [1.0]})
         time.sleep(0.02)
-    client.join(10)
-    assert len(answers) == 1
-    assert answers[0]["default"] is False, answers
+    answer = _answer(client)
+    assert answer["default"] is False, answer
 
 
 def test_answers_ready_only_after_the_slo_are_replaced_by_the_default(
@@ -208,16 +218,12 @@ def test_answers_ready_only_after_the_slo_are_replaced_by_the_default(
     batch = {"input_batch": [[1.0], [2.0]]}
     first = predict(clipper_conn, "cached", batch)["batch_predictions"]
     assert not any(p["default"] for p in first)  # both answers are in the prediction cache now
-    answers: list[dict[str, Any]] = []
-    client = threading.Thread(target=lambda: answers.append(predict(clipper_conn, "cached", batch)))
     # The request waits unread for three times its SLO. Its answers are cached, so they are
     # ready the moment it is read, but a reply then would reach the client past its SLO.
     with _frontend_stalled(clipper_conn):
-        client.start()
+        client = _send(clipper_conn, "cached", batch)
         time.sleep(0.3)
-    client.join(10)
-    assert len(answers) == 1
-    late = answers[0]["batch_predictions"]
+    late = _answer(client)["batch_predictions"]
     assert all(p["default"] and p["default_explanation"] == SLO_EXPLANATION for p in late), late
     counters = {k: v for e in clipper_conn.inspect_instance()["counters"] for k, v in e.items()}
     assert int(counters["internal:late_replies"]["count"]) == 2
