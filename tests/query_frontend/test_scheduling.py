@@ -19,12 +19,39 @@ import psutil
 from clipper_admin import ClipperConnection
 from clipper_admin.deployers.python import create_endpoint
 from query_frontend.predictor import OVERLOADED_EXPLANATION, SLO_EXPLANATION
-from tests.conftest import predict
+from tests.conftest import predict, wait_for
 
 
 def _replica_pids(conn: ClipperConnection, model: str) -> list[int]:
     directory = Path(conn.cm.cluster_dir) / "replicas" / model  # type: ignore[attr-defined]
     return [json.loads(p.read_text())["pid"] for p in directory.glob("*/*.json")]
+
+
+def _send(conn: ClipperConnection, app: str, body: Any) -> http.client.HTTPConnection:
+    """Sends a predict request without waiting for its answer. When this returns the request
+    is in the frontend's socket, even while the frontend is off the CPU: the kernel takes the
+    connection and its bytes."""
+    host, port = conn.get_query_addr().rsplit(":", 1)
+    client = http.client.HTTPConnection(host, int(port), timeout=60)
+    client.request(
+        "POST", f"/{app}/predict", json.dumps(body), {"Content-Type": "application/json"}
+    )
+    return client
+
+
+def _answer(client: http.client.HTTPConnection) -> Any:
+    with contextlib.closing(client):
+        response = client.getresponse()
+        text = response.read()
+        assert response.status == 200, text
+        return json.loads(text)
+
+
+def _overloaded(conn: ClipperConnection, model: str) -> int:
+    """How many of the model's queries were refused as overloaded so far."""
+    counters = {k: v for e in conn.inspect_instance()["counters"] for k, v in e.items()}
+    overloaded = counters.get(f"model:{model}:1:overloaded")
+    return 0 if overloaded is None else int(overloaded["count"])
 
 
 def test_a_replica_killed_mid_batch_loses_no_query(clipper_conn: ClipperConnection) -> None:
@@ -81,8 +108,7 @@ def test_overload_is_shed_with_an_explanation_and_answers_stay_within_the_slo(
     assert explanations <= {OVERLOADED_EXPLANATION, SLO_EXPLANATION}
     assert OVERLOADED_EXPLANATION in explanations
     assert elapsed < 0.5
-    counters = {k: v for e in clipper_conn.inspect_instance()["counters"] for k, v in e.items()}
-    assert int(counters["model:busy:1:overloaded"]["count"]) >= 150
+    assert _overloaded(clipper_conn, "busy") >= 150
 
 
 def test_single_queries_to_a_saturated_model_get_the_overload_default_when_their_slo_ends(
@@ -96,10 +122,18 @@ def test_single_queries_to_a_saturated_model_get_the_overload_default_when_their
         response = predict(clipper_conn, "full", body)
         replies.append((response, time.monotonic() - started))
 
+    def answer(sent_at: float, client: http.client.HTTPConnection) -> None:
+        response = _answer(client)
+        replies.append((response, time.monotonic() - sent_at))
+
     flood = threading.Thread(target=ask, args=({"input_batch": [[float(i)] for i in range(200)]},))
     flood.start()
-    time.sleep(0.05)  # the 200 queries fill the queue
-    singles = [threading.Thread(target=ask, args=({"input": [500.0 + i]},)) for i in range(30)]
+    wait_for(lambda: _overloaded(clipper_conn, "full") >= 150, 10, "the flood to fill the queue")
+    # All 30 are sent before any answer is read, within a few milliseconds of each other.
+    sent = [
+        (time.monotonic(), _send(clipper_conn, "full", {"input": [500.0 + i]})) for i in range(30)
+    ]
+    singles = [threading.Thread(target=answer, args=s) for s in sent]
     for single in singles:
         single.start()
     for thread in [flood, *singles]:
@@ -114,8 +148,7 @@ def test_single_queries_to_a_saturated_model_get_the_overload_default_when_their
     for response, _ in answers:
         assert isinstance(response["query_id"], int)
         assert response["output"] == -1 if response["default"] else response["output"] >= 0
-    counters = {k: v for e in clipper_conn.inspect_instance()["counters"] for k, v in e.items()}
-    assert int(counters["model:full:1:overloaded"]["count"]) >= 150 + len(refused)
+    assert _overloaded(clipper_conn, "full") >= 150 + len(refused)
     time.sleep(0.3)  # the queue has drained: a new query is answered again
     assert predict(clipper_conn, "full", {"input": [4.0]})["output"] == 4.0
 
@@ -151,26 +184,6 @@ def _frontend_stalled(conn: ClipperConnection) -> Iterator[None]:
     finally:
         for process in stalled:
             process.resume()
-
-
-def _send(conn: ClipperConnection, app: str, body: Any) -> http.client.HTTPConnection:
-    """Sends a predict request without waiting for its answer. When this returns the request
-    is in the frontend's socket, even while the frontend is off the CPU: the kernel takes the
-    connection and its bytes."""
-    host, port = conn.get_query_addr().rsplit(":", 1)
-    client = http.client.HTTPConnection(host, int(port), timeout=60)
-    client.request(
-        "POST", f"/{app}/predict", json.dumps(body), {"Content-Type": "application/json"}
-    )
-    return client
-
-
-def _answer(client: http.client.HTTPConnection) -> Any:
-    with contextlib.closing(client):
-        response = client.getresponse()
-        text = response.read()
-        assert response.status == 200, text
-        return json.loads(text)
 
 
 def _deploy_answering_at_once(conn: ClipperConnection, app: str, slo_micros: int) -> None:
