@@ -47,11 +47,16 @@ def _answer(client: http.client.HTTPConnection) -> Any:
         return json.loads(text)
 
 
+def _counter(conn: ClipperConnection, name: str) -> int:
+    """A counter's count so far, 0 until it is first counted."""
+    counters = {k: v for e in conn.inspect_instance()["counters"] for k, v in e.items()}
+    counter = counters.get(name)
+    return 0 if counter is None else int(counter["count"])
+
+
 def _overloaded(conn: ClipperConnection, model: str) -> int:
     """How many of the model's queries were refused as overloaded so far."""
-    counters = {k: v for e in conn.inspect_instance()["counters"] for k, v in e.items()}
-    overloaded = counters.get(f"model:{model}:1:overloaded")
-    return 0 if overloaded is None else int(overloaded["count"])
+    return _counter(conn, f"model:{model}:1:overloaded")
 
 
 def test_a_replica_killed_mid_batch_loses_no_query(clipper_conn: ClipperConnection) -> None:
@@ -238,8 +243,7 @@ def test_answers_ready_only_after_the_slo_are_replaced_by_the_default(
         time.sleep(0.3)
     late = _answer(client)["batch_predictions"]
     assert all(p["default"] and p["default_explanation"] == SLO_EXPLANATION for p in late), late
-    counters = {k: v for e in clipper_conn.inspect_instance()["counters"] for k, v in e.items()}
-    assert int(counters["internal:late_replies"]["count"]) == 2
+    assert _counter(clipper_conn, "internal:late_replies") == 2
     time.sleep(0.05)  # the loop has caught up
     assert not any(
         p["default"] for p in predict(clipper_conn, "cached", batch)["batch_predictions"]
@@ -259,10 +263,8 @@ def test_answers_that_come_back_after_the_deadline_are_counted(
     assert response["default"] and response["default_explanation"] == SLO_EXPLANATION
 
     def late_answers() -> int:
-        counters = {k: v for e in clipper_conn.inspect_instance()["counters"] for k, v in e.items()}
-        return int(counters.get("model:late:1:late_answers", {"count": 0})["count"])
+        return _counter(clipper_conn, "model:late:1:late_answers")
 
-    deadline = time.monotonic() + 5
-    while late_answers() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the batch is still running in the replica
+    # The batch is still running in the replica.
+    wait_for(lambda: late_answers() > 0, 5, "the late batch to come back")
     assert late_answers() == 1
