@@ -523,6 +523,12 @@ def print_table(rows: list[Row], limits: dict[str, dict[str, Any]]) -> None:
             print(f"  {workload}: added p50 latency over echo at c=1: {added:.2f} ms")
 
 
+STARTERS: dict[str, Callable[[str], Server]] = {
+    "ours": start_ours, "echo": start_echo, "fastapi-naive": start_naive,
+    "mlserver": start_mlserver, "bentoml": start_bentoml,
+}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", default="noop,mlp,efficientnet")
@@ -544,6 +550,13 @@ def main() -> None:
         "--server-cpus 0,1, 1 leaves the other core to the frontend",
     )  # fmt: skip
     args = parser.parse_args()
+    # The in-process limit is measured for every workload, whatever the servers.
+    unknown = set(args.servers.split(",")) - set(STARTERS) - {"limit"}
+    if unknown:
+        parser.error(
+            f"unknown server(s) {', '.join(sorted(unknown))}; choose from {', '.join(STARTERS)} "
+            "(the in-process limit is always measured)"
+        )
     if args.mlp_runtime == "onnx" and "mlp" in args.workloads.split(","):
         onnx_path = Path(tempfile.mkdtemp(prefix="bench-mlp-")) / "mlp.onnx"
         workloads.export_mlp_onnx(onnx_path)
@@ -560,11 +573,8 @@ def main() -> None:
         from query_frontend.native import compiled_modules
 
         print(f"our compiled modules: {', '.join(compiled_modules()) or 'none'}", flush=True)
-    starters: dict[str, Callable[[str], Server]] = {
-        "ours": functools.partial(start_ours, replica_threads=args.replica_threads),
-        "echo": start_echo, "fastapi-naive": start_naive,
-        "mlserver": start_mlserver, "bentoml": start_bentoml,
-    }  # fmt: skip
+    starters = dict(STARTERS)
+    starters["ours"] = functools.partial(start_ours, replica_threads=args.replica_threads)
     rows: list[Row] = []
     limits: dict[str, dict[str, Any]] = {}
     for workload in args.workloads.split(","):
@@ -572,7 +582,7 @@ def main() -> None:
         limits[workload] = measure_limit(workload, server_cpus, args.duration)
         print(f"  limit {limits[workload]}", flush=True)
         for name in args.servers.split(","):
-            if name == "echo" and workload == "efficientnet":
+            if name == "limit" or (name == "echo" and workload == "efficientnet"):
                 continue
             try:
                 rows += bench_server(

@@ -1,6 +1,10 @@
-"""The benchmark's choice among repeated open-loop runs, and what it counts of each."""
+"""The benchmark's choice among repeated open-loop runs, what it counts of each, and its
+command line."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 from bench.loadgen import RunResult
 from bench.run import median_run
@@ -50,3 +54,15 @@ def test_answers_within_the_slo_leave_out_late_answers_and_defaults() -> None:
     )
     assert result.answered_within_per_s(0.05) == 1.0  # 0.01 and 0.05 s, over 2 s
     assert result.goodput == 2.0
+
+
+def test_an_unknown_server_is_refused_before_anything_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--servers", "ours,limit,lmit"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "unknown server(s) lmit" in done.stderr
+    assert "== " not in done.stdout  # no workload was started
