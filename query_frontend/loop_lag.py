@@ -1,4 +1,4 @@
-"""The event loop's lag: how long a request may have sat unread, where the kernel cannot say."""
+"""The event loop's lag: about how long a request may have sat unread before the frontend saw it."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ class LoopLag:
     A request's SLO clock starts when its handler runs, but the client's started earlier: the
     request waited in its socket while the loop was busy with other work, or while the process
     was off the CPU. A tick due during that time ran late by about as much, so subtracting the
-    lag from a request's start counts that wait against its SLO. It is only the fallback, for
-    sockets whose kernel cannot say when their bytes came (query_frontend.arrival): the lag
-    misses waits that end before its next tick runs.
+    lag from a request's start counts that wait against its SLO. While the lag is small it is
+    the measure for SLOs loose enough to allow it (query_frontend.arrival); after a stall the
+    kernel is asked instead, since a request read right after it sees the whole stall's lag
+    though it may have come at its end.
     """
 
     def __init__(self, interval_s: float = 0.005) -> None:

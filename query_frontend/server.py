@@ -61,11 +61,11 @@ async def predict(request: web.Request) -> web.Response:
     body = await request.read()
     # The query's SLO counts from when the request reached this host, not from now: it may
     # have waited in its socket while the loop was busy or the process was off the CPU.
-    unread_s = request.app[ARRIVAL_KEY].wait_seconds(
-        request.transport, request.app[LOOP_LAG_KEY].seconds
+    unread = partial(
+        request.app[ARRIVAL_KEY].wait_seconds, request.transport, request.app[LOOP_LAG_KEY].seconds
     )
     is_batch, predictions = await request.app[PREDICTOR_KEY].predict(
-        request.match_info["app"], body, unread_s
+        request.match_info["app"], body, unread
     )
     if is_batch and len(predictions) != 1:
         return _json({"batch_predictions": [p.to_json() for p in predictions]})

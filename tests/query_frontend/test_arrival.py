@@ -106,18 +106,52 @@ def test_a_closed_connection_gives_none() -> None:
 
 
 async def _wait_after(
-    wait_s: float, loop_lag_s: float, clock: ArrivalClock, unix_dir: Path | None = None
+    wait_s: float,
+    loop_lag_s: float,
+    clock: ArrivalClock,
+    unix_dir: Path | None = None,
+    exact: bool = False,
 ) -> float:
     """Like _age_after, through the clock's wait_seconds with the given loop lag."""
-    waited, _ = await _read_after(wait_s, lambda t: clock.wait_seconds(t, loop_lag_s), unix_dir)
+    waited, _ = await _read_after(
+        wait_s, lambda t: clock.wait_seconds(t, loop_lag_s, exact), unix_dir
+    )
     return waited
 
 
-def test_every_request_s_wait_is_the_kernel_s_whatever_the_loop_s_lag() -> None:
+KEEPING_UP_S = ArrivalClock.ASK_KERNEL_FROM_S / 2
+BEHIND_S = ArrivalClock.ASK_KERNEL_FROM_S * 2
+
+
+def test_a_loop_that_keeps_up_is_taken_at_its_lag_and_a_late_one_asks_the_kernel() -> None:
+    with tempfile.TemporaryDirectory() as tmp, asyncio.Runner() as runner:
+        # The bytes waited 0.1 s, but a loop lagging under a tick is trusted without a call.
+        assert runner.run(_wait_after(0.1, KEEPING_UP_S, ArrivalClock())) == KEEPING_UP_S
+        # A loop behind by more is doubted: the kernel says how long the bytes waited.
+        assert abs(runner.run(_wait_after(0.1, BEHIND_S, ArrivalClock())) - 0.1) <= 0.0105
+        # A socket that cannot tell leaves the lag.
+        unix_dir = Path(tmp)
+        assert runner.run(_wait_after(0.1, BEHIND_S, ArrivalClock(), unix_dir)) == BEHIND_S
+
+
+def test_after_falling_behind_the_kernel_is_asked_until_a_request_is_read_fresh() -> None:
+    clock = ArrivalClock()
+    with asyncio.Runner() as runner:
+        assert abs(runner.run(_wait_after(0.1, BEHIND_S, clock)) - 0.1) <= 0.0105
+        # The next tick ran on time, but the loop is still reading what piled up while it was
+        # behind: this request's wait is the kernel's, not the lag.
+        assert abs(runner.run(_wait_after(0.1, KEEPING_UP_S, clock)) - 0.1) <= 0.0105
+        # A request read as soon as it came: the backlog is gone, and so is the doubt.
+        assert runner.run(_wait_after(0.0, KEEPING_UP_S, clock)) < ArrivalClock.FRESH_BELOW_S
+        assert runner.run(_wait_after(0.1, KEEPING_UP_S, clock)) == KEEPING_UP_S
+
+
+def test_an_exact_reading_asks_the_kernel_whatever_the_loop_s_lag() -> None:
     with tempfile.TemporaryDirectory() as tmp, asyncio.Runner() as runner:
         # The bytes waited 0.1 s while the loop's lag said nothing: the kernel's reading wins.
-        assert abs(runner.run(_wait_after(0.1, 0.0, ArrivalClock())) - 0.1) <= 0.0105
+        waited = runner.run(_wait_after(0.1, 0.0, ArrivalClock(), exact=True))
+        assert abs(waited - 0.1) <= 0.0105
         # After a stall the lag is large, but a request that came at its end waited little.
-        assert runner.run(_wait_after(0.0, 0.3, ArrivalClock())) <= 0.0105
+        assert runner.run(_wait_after(0.0, 0.3, ArrivalClock(), exact=True)) <= 0.0105
         # A socket that cannot tell leaves the lag.
-        assert runner.run(_wait_after(0.1, 0.3, ArrivalClock(), Path(tmp))) == 0.3
+        assert runner.run(_wait_after(0.1, 0.3, ArrivalClock(), Path(tmp), exact=True)) == 0.3
