@@ -58,9 +58,9 @@ class ArrivalClock:
         between passes over the sockets that are ready, so requests read right after a wait
         (the process off the CPU while a model's replica had the core, or the loop busy with
         others) still see the lag of the tick before it. Per-request timestamps at 120% of the
-        MLP's capacity (SLO 50 ms), the client's clock joined with the frontend's: 164 of the
-        166 answers that reached their client after the SLO had sat 8 to 17 ms in their
-        socket while the lag said 0 to 2 ms.
+        MLP's capacity (SLO 50 ms), the client's clock joined with the frontend's: most of the
+        answers that reached their client after the SLO had sat 4 to 20 ms longer in their
+        socket than the lag said.
 
         Otherwise, while the loop keeps up (its lag under ASK_KERNEL_FROM_S), the lag is the
         answer: the system call cost the no-op frontend a tenth of its rate at c=64 (6

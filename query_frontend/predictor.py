@@ -45,9 +45,9 @@ REPLY_MARGIN_MAX_S = 0.006
 LATE_REPLY_SHARE = 0.04
 LATE_REPLY_MAX_S = 0.002
 # SLOs up to this long have each request's unread time read from the kernel, not guessed from
-# the loop's lag: the waits the lag misses reached 17 ms with the MLP at 120% (and 25 ms
-# unread in all), a third of a 50 ms SLO but under a tenth of this one. Longer SLOs spare
-# the system call, which cost the no-op frontend (SLO 1 s) a tenth of its rate at c=64.
+# the loop's lag: the waits the lag missed reached 20 ms with the MLP at 120%, two fifths of
+# a 50 ms SLO but a tenth of this one. Longer SLOs spare the system call, which cost the
+# no-op frontend (SLO 1 s) a tenth of its rate at c=64.
 EXACT_UNREAD_SLO_MAX_S = 0.2
 
 
