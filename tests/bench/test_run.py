@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from bench.loadgen import RunResult
 from bench.run import median_run
@@ -62,6 +63,7 @@ def test_an_unknown_server_is_refused_before_anything_runs() -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 2
     assert "unknown server(s) lmit" in done.stderr
