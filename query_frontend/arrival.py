@@ -63,7 +63,7 @@ class ArrivalClock:
         socket than the lag said.
 
         Otherwise, while the loop keeps up (its lag under ASK_KERNEL_FROM_S), the lag is the
-        answer: the system call cost the no-op frontend a tenth of its rate at c=64 (6
+        answer: the system call cost the no-op frontend a tenth of its rate at c=64 (8 of 10
         alternating rounds), more than the call's own 2% of its CPU. Once the loop falls
         behind, the kernel says when each request's bytes came (where it cannot tell, the lag
         stands), until a request read after an on-time tick is fresh. An on-time tick alone
