@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -207,3 +210,30 @@ async def test_the_stream_answers_in_order_and_survives_a_failed_batch(
     assert answers[1].error.message == "Model raised ValueError: negative"
     assert not answers[1].outputs
     assert [o.value for o in answers[2].outputs] == ["6.0", "8.0"]
+
+
+async def test_batches_from_several_streams_reach_the_model_one_at_a_time(
+    serve: Callable[..., Any],
+) -> None:
+    # Several frontend processes each keep a stream open to the replica; the model (which
+    # need not be thread-safe) must still see one batch at a time.
+    def model(xs: Any) -> list[str]:
+        started = time.monotonic()
+        time.sleep(0.02)
+        return [f"{started} {time.monotonic()}"] * len(xs)
+
+    served = await serve(model)
+
+    async def one_stream(first: float) -> list[tuple[float, float]]:
+        stream = served.stub.PredictStream()
+        spans = []
+        for k in range(3):
+            await stream.write(_doubles([first + k]))
+            start, end = (await stream.read()).outputs[0].value.split()
+            spans.append((float(start), float(end)))
+        await stream.done_writing()
+        return spans
+
+    spans = sorted(s for one in await asyncio.gather(*map(one_stream, range(4))) for s in one)
+    assert len(spans) == 12
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
