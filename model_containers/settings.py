@@ -26,6 +26,6 @@ class ReplicaSettings(BaseSettings):
     # A pipe the parent passed: "ready <port>" is written to it once the replica serves.
     ready_fd: int | None = None
     log_level: str = "INFO"
-    # uvloop runs the loop in C: the gRPC stream, the hand-off of each batch to the predict
-    # thread and its answer cost the replica less per batch. "asyncio" is the standard loop.
+    # The loop that keeps the registration alive (gRPC calls run in the server's threads);
+    # uvloop runs it in C, "asyncio" is the standard loop.
     event_loop: EventLoopName = "uvloop"
