@@ -2,6 +2,7 @@
 
     bench/run [--workloads noop,mlp,efficientnet] [--duration 5] [--server-cpus 1]
               [--mlp-runtime onnx|torch] [--open-repeats 1] [--replica-threads N]
+              [--rounds 1]
 
 Servers (ours, the echo baseline, FastAPI+uvicorn, MLServer, BentoML) run on --server-cpus,
 and the load generator on the other cores (on the same ones when no core is left over). The
@@ -18,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -457,7 +459,85 @@ def _cpu_per_answer(row: Row) -> float:
     return row.cpu / max(float(row.extra["goodput"]), 1e-9)
 
 
-def print_table(rows: list[Row], limits: dict[str, dict[str, Any]]) -> None:
+def _best_on_curve(rows: Sequence[Row], workload: str) -> dict[str, Row]:
+    """Each server's closed-loop row with the most answers/s for this workload."""
+    best: dict[str, Row] = {}
+    for r in rows:
+        on_curve = r.workload == workload and r.load.startswith("c=")
+        if on_curve and (
+            r.server not in best or r.extra["goodput"] > best[r.server].extra["goodput"]
+        ):
+            best[r.server] = r
+    return best
+
+
+def combine_rounds(rounds: Sequence[list[Row]]) -> tuple[list[Row], list[str]]:
+    """The rows of rounds run one after another (each server in turn, every round), merged: per
+    server and load, the median round's row with the spread over the rounds; and, per round,
+    ours against each baseline measured minutes apart in that round.
+
+    On a VM whose speed drifts, two servers measured far apart in time compare the VM's phases
+    as much as the servers; the ratio within each round does not.
+    """
+    if len(rounds) == 1:
+        return list(rounds[0]), []
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for round_rows in rounds:
+        for r in round_rows:
+            # An open-loop load is a fraction of that round's capacity: "80%" in every round.
+            groups.setdefault((r.workload, r.server, r.load.split(" (")[0]), []).append(r)
+    merged = []
+    for (_, _, load), group in groups.items():
+        if load.startswith("c="):
+            ordered = sorted(group, key=lambda r: r.extra["goodput"])
+        else:
+            ordered = sorted(
+                group, key=lambda r: (r.result["default_ratio"], r.result["answered_p99_ms"])
+            )
+        row = ordered[(len(ordered) - 1) // 2]
+        rates = [r.extra["goodput"] for r in group]
+        spread = f"answers/s {min(rates):.0f}-{max(rates):.0f}"
+        if not load.startswith("c="):
+            defaults = [r.result["default_ratio"] for r in group]
+            spread += f", defaults {min(defaults):.2%}-{max(defaults):.2%}"
+        extra = {**row.extra, "rounds": f"{spread} over {len(group)} rounds"}
+        merged.append(
+            Row(row.workload, row.server, row.load, row.result, row.batch, row.cpu, extra)
+        )
+    paired: list[str] = []
+    for workload in dict.fromkeys(r.workload for round_rows in rounds for r in round_rows):
+        ratios: dict[str, list[float]] = {}
+        added_ms: list[float] = []
+        for round_rows in rounds:
+            best = _best_on_curve(round_rows, workload)
+            if "ours" not in best:
+                continue
+            for name, other in best.items():
+                if name != "ours":
+                    ratios.setdefault(name, []).append(
+                        best["ours"].extra["goodput"] / other.extra["goodput"]
+                    )
+            c1 = {r.server: r for r in round_rows if r.workload == workload and r.load == "c=1"}
+            if "ours" in c1 and "echo" in c1:
+                added_ms.append(c1["ours"].result["p50_ms"] - c1["echo"].result["p50_ms"])
+        for name, values in ratios.items():
+            listed = ", ".join(f"x{v:.2f}" for v in values)
+            paired.append(
+                f"  {workload}: ours/{name} per round: answers/s {listed} "
+                f"(median x{statistics.median(values):.2f})"
+            )
+        if added_ms:
+            listed = ", ".join(f"{v:+.2f}" for v in added_ms)
+            paired.append(
+                f"  {workload}: added p50 latency over echo at c=1 per round: {listed} ms "
+                f"(median {statistics.median(added_ms):+.2f})"
+            )
+    return merged, paired
+
+
+def print_table(
+    rows: list[Row], limits: dict[str, dict[str, Any]], paired: Sequence[str] = ()
+) -> None:
     header = (
         f"{'workload':12} {'server':14} {'load':16} {'answers/s':>10} {'p50 ms':>8} "
         f"{'p99 ms':>8} {'ans p99':>8} {'default':>8} {'in SLO/s':>9} {'batch':>6} {'cpu':>5}"
@@ -476,15 +556,14 @@ def print_table(rows: list[Row], limits: dict[str, dict[str, Any]]) -> None:
         print("\nOpen-loop rows are the median of repeated runs; the spread over them:")
         for r in spreads:
             print(f"  {r.workload:12} {r.server:14} {r.load:16} {r.extra['spread']}")
+    rounds = [r for r in rows if "rounds" in r.extra]
+    if rounds:
+        print("\nEach row is the median round's; the spread over the rounds:")
+        for r in rounds:
+            print(f"  {r.workload:12} {r.server:14} {r.load.split(' (')[0]:16} {r.extra['rounds']}")
     print("\nRatios of ours to each baseline, at saturation (best answers/s over the curve):")
     for workload in sorted({r.workload for r in rows}):
-        best: dict[str, Row] = {}
-        for r in rows:
-            on_curve = r.workload == workload and r.load.startswith("c=")
-            if on_curve and (
-                r.server not in best or r.extra["goodput"] > best[r.server].extra["goodput"]
-            ):
-                best[r.server] = r
+        best = _best_on_curve(rows, workload)
         if "ours" not in best:
             continue
         ours = best["ours"]
@@ -521,6 +600,10 @@ def print_table(rows: list[Row], limits: dict[str, dict[str, Any]]) -> None:
         if "ours" in c1 and "echo" in c1:
             added = c1["ours"].result["p50_ms"] - c1["echo"].result["p50_ms"]
             print(f"  {workload}: added p50 latency over echo at c=1: {added:.2f} ms")
+    if paired:
+        print("\nOurs against each baseline within each round (measured minutes apart):")
+        for line in paired:
+            print(line)
 
 
 STARTERS: dict[str, Callable[[str], Server]] = {
@@ -539,6 +622,11 @@ def main() -> None:
     parser.add_argument(
         "--open-repeats", type=int, default=1,
         help="runs at each open-loop load; the table shows the median one and the spread",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="times each workload's servers run, one after another; the table shows each "
+        "row's median round and ours against each baseline within every round",
     )  # fmt: skip
     parser.add_argument(
         "--mlp-runtime", choices=["onnx", "torch"], default="onnx",
@@ -576,21 +664,33 @@ def main() -> None:
     starters = dict(STARTERS)
     starters["ours"] = functools.partial(start_ours, replica_threads=args.replica_threads)
     rows: list[Row] = []
+    paired: list[str] = []
     limits: dict[str, dict[str, Any]] = {}
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     for workload in args.workloads.split(","):
         print(f"== {workload}", flush=True)
         limits[workload] = measure_limit(workload, server_cpus, args.duration)
         print(f"  limit {limits[workload]}", flush=True)
-        for name in args.servers.split(","):
-            if name == "limit" or (name == "echo" and workload == "efficientnet"):
-                continue
-            try:
-                rows += bench_server(
-                    workload, starters[name], server_cpus, args.duration, args.open_repeats
-                )
-            except Exception as e:  # a peer that fails to start is reported, not fatal
-                print(f"  {name} failed: {e}", flush=True)
-    print_table(rows, limits)
+        rounds: list[list[Row]] = []
+        for round_number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"-- round {round_number} of {args.rounds}", flush=True)
+            round_rows: list[Row] = []
+            for name in args.servers.split(","):
+                if name == "limit" or (name == "echo" and workload == "efficientnet"):
+                    continue
+                try:
+                    round_rows += bench_server(
+                        workload, starters[name], server_cpus, args.duration, args.open_repeats
+                    )
+                except Exception as e:  # a peer that fails to start is reported, not fatal
+                    print(f"  {name} failed: {e}", flush=True)
+            rounds.append(round_rows)
+        merged, workload_paired = combine_rounds(rounds)
+        rows += merged
+        paired += workload_paired
+    print_table(rows, limits, paired)
     if args.json:
         Path(args.json).write_text(
             json.dumps([r.__dict__ for r in rows] + [{"limits": limits}], indent=1, default=str)

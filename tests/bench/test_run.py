@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bench.loadgen import RunResult
-from bench.run import median_run
+from bench.run import Row, combine_rounds, median_run
 
 
 def _result(defaults: int, answered_ms: float) -> RunResult:
@@ -68,3 +68,45 @@ def test_an_unknown_server_is_refused_before_anything_runs() -> None:
     assert done.returncode == 2
     assert "unknown server(s) lmit" in done.stderr
     assert "== " not in done.stdout  # no workload was started
+
+
+def _row(server: str, load: str, goodput: float, p50_ms: float = 1.0, defaults: float = 0.0) -> Row:
+    result = {"p50_ms": p50_ms, "p99_ms": 2 * p50_ms, "answered_p99_ms": 2 * p50_ms}
+    result["default_ratio"] = defaults
+    return Row("noop", server, load, result, None, 0.9, {"goodput": goodput, "in_slo": goodput})
+
+
+def test_rounds_keep_each_row_s_median_round_and_pair_ours_with_each_baseline() -> None:
+    # The VM drifts: the echo server's rate doubles over the rounds, and ours with it.
+    rounds = [
+        [_row("ours", "c=1", 500, 1.5), _row("ours", "c=64", 3000),
+         _row("ours", "80% (2400/s)", 2400, defaults=0.02), _row("echo", "c=1", 2000, 0.5),
+         _row("echo", "c=64", 6000)],
+        [_row("ours", "c=1", 900, 0.9), _row("ours", "c=64", 6000),
+         _row("ours", "80% (4800/s)", 4800, defaults=0.0), _row("echo", "c=1", 3000, 0.3),
+         _row("echo", "c=64", 12000)],
+        [_row("ours", "c=1", 700, 1.2), _row("ours", "c=64", 4000),
+         _row("ours", "80% (3200/s)", 3200, defaults=0.5), _row("echo", "c=1", 2500, 0.4),
+         _row("echo", "c=64", 10000)],
+    ]  # fmt: skip
+    merged, paired = combine_rounds(rounds)
+    by_key = {(r.server, r.load.split(" (")[0]): r for r in merged}
+    assert len(merged) == 5
+    assert by_key["ours", "c=64"].extra["goodput"] == 4000  # the median of 3000, 6000, 4000
+    assert by_key["echo", "c=64"].extra["goodput"] == 10000
+    # An open-loop row is the median by defaults, whatever its rate.
+    assert by_key["ours", "80%"].load == "80% (2400/s)"
+    assert by_key["ours", "80%"].extra["rounds"] == (
+        "answers/s 2400-4800, defaults 0.00%-50.00% over 3 rounds"
+    )
+    assert by_key["ours", "c=1"].extra["rounds"] == "answers/s 500-900 over 3 rounds"
+    assert paired == [
+        "  noop: ours/echo per round: answers/s x0.50, x0.50, x0.40 (median x0.50)",
+        "  noop: added p50 latency over echo at c=1 per round: +1.00, +0.60, +0.80 ms "
+        "(median +0.80)",
+    ]
+
+
+def test_one_round_is_left_as_it_ran() -> None:
+    rows = [_row("ours", "c=1", 500), _row("echo", "c=1", 2000)]
+    assert combine_rounds([rows]) == (rows, [])
