@@ -385,6 +385,17 @@ def _run(
     return result, cpu, batch
 
 
+def _open_loop_rank(summary: dict[str, Any]) -> tuple[float, float]:
+    """How open-loop runs at one load are ordered to pick the median: by their default ratio,
+    then by the p99 of their answers."""
+    return summary["default_ratio"], summary["answered_p99_ms"]
+
+
+def _load_key(load: str) -> str:
+    """A row's load without its rate: "80% (843/s)" is "80%" whatever the round's capacity."""
+    return load.split(" (")[0]
+
+
 def median_run(
     runs: Sequence[tuple[RunResult, float, float | None]], slo_s: float
 ) -> tuple[tuple[RunResult, float, float | None], str]:
@@ -393,7 +404,7 @@ def median_run(
     keyed = []
     for run in runs:
         summary = run[0].summary()  # sorts every latency: once per run
-        keyed.append(((summary["default_ratio"], summary["answered_p99_ms"]), run))
+        keyed.append((_open_loop_rank(summary), run))
     keyed.sort(key=lambda k: k[0])
     defaults = [key[0] for key, _ in keyed]
     p99s = [key[1] for key, _ in keyed]
@@ -484,20 +495,18 @@ def combine_rounds(rounds: Sequence[list[Row]]) -> tuple[list[Row], list[str]]:
     groups: dict[tuple[str, str, str], list[Row]] = {}
     for round_rows in rounds:
         for r in round_rows:
-            # An open-loop load is a fraction of that round's capacity: "80%" in every round.
-            groups.setdefault((r.workload, r.server, r.load.split(" (")[0]), []).append(r)
+            groups.setdefault((r.workload, r.server, _load_key(r.load)), []).append(r)
     merged = []
     for (_, _, load), group in groups.items():
-        if load.startswith("c="):
+        closed_loop = load.startswith("c=")
+        if closed_loop:
             ordered = sorted(group, key=lambda r: r.extra["goodput"])
         else:
-            ordered = sorted(
-                group, key=lambda r: (r.result["default_ratio"], r.result["answered_p99_ms"])
-            )
+            ordered = sorted(group, key=lambda r: _open_loop_rank(r.result))
         row = ordered[(len(ordered) - 1) // 2]
         rates = [r.extra["goodput"] for r in group]
         spread = f"answers/s {min(rates):.0f}-{max(rates):.0f}"
-        if not load.startswith("c="):
+        if not closed_loop:
             defaults = [r.result["default_ratio"] for r in group]
             spread += f", defaults {min(defaults):.2%}-{max(defaults):.2%}"
         extra = {**row.extra, "rounds": f"{spread} over {len(group)} rounds"}
@@ -560,7 +569,7 @@ def print_table(
     if rounds:
         print("\nEach row is the median round's; the spread over the rounds:")
         for r in rounds:
-            print(f"  {r.workload:12} {r.server:14} {r.load.split(' (')[0]:16} {r.extra['rounds']}")
+            print(f"  {r.workload:12} {r.server:14} {_load_key(r.load):16} {r.extra['rounds']}")
     print("\nRatios of ours to each baseline, at saturation (best answers/s over the curve):")
     for workload in sorted({r.workload for r in rows}):
         best = _best_on_curve(rows, workload)
@@ -638,6 +647,8 @@ def main() -> None:
         "--server-cpus 0,1, 1 leaves the other core to the frontend",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     # The in-process limit is measured for every workload, whatever the servers.
     unknown = set(args.servers.split(",")) - set(STARTERS) - {"limit"}
     if unknown:
@@ -666,8 +677,6 @@ def main() -> None:
     rows: list[Row] = []
     paired: list[str] = []
     limits: dict[str, dict[str, Any]] = {}
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
     for workload in args.workloads.split(","):
         print(f"== {workload}", flush=True)
         limits[workload] = measure_limit(workload, server_cpus, args.duration)
