@@ -245,6 +245,40 @@ def test_costs_are_predicted_per_measured_size() -> None:
     assert model.rate_per_s(16) > 4 * model.rate_per_s(4)
 
 
+def test_a_size_not_sent_for_a_window_of_batches_is_predicted_by_the_fit_again() -> None:
+    model = LatencyModel(window=16)
+    for _ in range(3):  # batches of 32 measured slow while the core was shared with more work
+        model.observe(32, 0.019)
+    assert model.predict_s(32) == pytest.approx(0.019)
+    for _ in range(8):  # then only smaller batches, in calmer conditions
+        model.observe(16, 0.0084)
+        model.observe(24, 0.0112)
+    # 16 batches later, 32 is predicted from the line through what is measured now.
+    assert model.predict_s(32) == pytest.approx(0.0084 + 16 * 0.00035, rel=0.05)
+    assert model.rate_per_s(32) > model.rate_per_s(24)
+    model.observe(32, 0.0141)
+    assert model.predict_s(32) != pytest.approx(0.019)
+
+
+async def test_queries_that_come_during_a_wait_all_join_the_batch() -> None:
+    queue = _queue(max_wait_s=2.0)
+    for size in (1, 4, 16, 1, 4, 16, 1, 4, 16):
+        queue.policy.observe(size, 0.100 + 0.002 * size, True)
+    now = time.monotonic()
+    for _ in range(3):  # arrivals 10 ms apart: batches of about 20 keep up with them
+        queue.put(b"early", now + 10, _future())
+        await asyncio.sleep(0.01)
+    taker = asyncio.create_task(queue.take())
+    await asyncio.sleep(0.03)
+    assert not taker.done()
+    for _ in range(40):
+        queue.put(b"late", time.monotonic() + 10, _future())
+    batch = await asyncio.wait_for(taker, 1.0)
+    # It waited for a batch of about 20, but 43 are there and all go: one batch of 43 answers
+    # more per second of the replica's time than 20 with the rest left behind them.
+    assert len(batch) == 43
+
+
 async def test_an_urgent_head_does_not_shrink_the_batch_for_the_queue_behind_it() -> None:
     queue = _queue()
     for size in (1, 8, 32, 1, 8, 32, 1, 8, 32):
