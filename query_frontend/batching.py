@@ -424,12 +424,7 @@ class ModelQueue:
                 if not self._heap:
                     continue
             now = time.monotonic()
-            size, wait_s = self.policy.plan(
-                self._urgent_budgets_s(now),
-                len(self._heap),
-                self._arrival_rate_per_s(now),
-                self.num_workers,
-            )
+            size, wait_s = self._plan(now)
             if len(self._heap) < size and wait_s > 0:
                 await self._wait_for_size(size, now + wait_s)
                 if not self._heap:
@@ -437,17 +432,20 @@ class ModelQueue:
                 # More may have come than waited for, and a batch of them all may answer more
                 # on time per second: the batch is chosen again from what is queued now,
                 # without a second wait.
-                now = time.monotonic()
-                size, _ = self.policy.plan(
-                    self._urgent_budgets_s(now),
-                    len(self._heap),
-                    self._arrival_rate_per_s(now),
-                    self.num_workers,
-                )
+                size, _ = self._plan(time.monotonic())
             batch = self._pop_batch(size)
             if batch:
                 self._batches_out += 1
                 return batch
+
+    def _plan(self, now: float) -> tuple[int, float]:
+        """The policy's batch size for what is queued at `now`, and how long to wait for it."""
+        return self.policy.plan(
+            self._urgent_budgets_s(now),
+            len(self._heap),
+            self._arrival_rate_per_s(now),
+            self.num_workers,
+        )
 
     def _batches_are_cheap(self) -> bool:
         """Whether a batch of what is queued takes less than GATHER_BELOW_S: only then do the
