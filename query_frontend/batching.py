@@ -102,8 +102,14 @@ class LatencyModel:
             self._samples.clear()  # the first batch was a cold start: forget it
             self._by_size.clear()
         self._samples.append((size, latency_s))
+        previous = self._by_size.get(size)
+        if previous is not None and self._recent(previous):
+            mean_s, count, _ = previous
+        else:
+            # Never measured, or not since the window: an old average was measured in other
+            # conditions and would outweigh the new batch, so this size starts over.
+            mean_s, count = latency_s, 0
         self._observed += 1
-        mean_s, count, _ = self._by_size.get(size, (latency_s, 0, 0))
         alpha = max(self.SIZE_SMOOTHING, 1 / (count + 1))
         self._by_size[size] = (mean_s + alpha * (latency_s - mean_s), count + 1, self._observed)
         self.largest_seen = max(size for size, _ in self._samples)
@@ -144,14 +150,18 @@ class LatencyModel:
         """Whether a size's own average is measured often enough, and recently enough, to
         predict it by.
 
-        A size not sent within the fit's window of batches is predicted by the fit again: its
-        average was measured in other conditions, such as a core shared with a busier
-        frontend. Kept for good, a slow average kept that size from being sent, and so from
-        being measured again: on the MLP at c=32, an average of 19 ms for 32 from a warm-up at
-        c=64 kept batches at 15 to 18 queries with 29 to 32 queued (32 then took 13 to 14 ms).
+        A size not sent within the fit's window of batches is predicted by the fit again, and
+        its average starts over when it is sent: it was measured in other conditions, such as
+        a core shared with a busier frontend. Kept for good, a slow average kept that size
+        from being sent, and so from being measured again: on the MLP at c=32, an average of
+        19 ms for 32 from a warm-up at c=64 kept batches at 15 to 18 queries with 29 to 32
+        queued (32 then took 13 to 14 ms).
         """
-        _, count, seen_at = measured
-        return count >= self.MEASURED_AFTER and self._observed - seen_at < self._window
+        return measured[1] >= self.MEASURED_AFTER and self._recent(measured)
+
+    def _recent(self, measured: tuple[float, int, int]) -> bool:
+        """Whether the size was sent within the fit's window of batches."""
+        return self._observed - measured[2] < self._window
 
     def rate_per_s(self, size: int) -> float:
         """Queries per second a replica sustains with batches of this size."""
