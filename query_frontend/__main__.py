@@ -15,7 +15,15 @@ from aiohttp import web
 
 from management.event_loop import loop_factory
 from query_frontend.native import compiled_modules, stale_modules
-from query_frontend.server import METRICS_KEY, WATCHER_KEY, create_app, create_internal_app
+from query_frontend.predict_protocol import PredictSite
+from query_frontend.server import (
+    CLIENT_MAX_SIZE,
+    METRICS_KEY,
+    PREDICT_CALL_KEY,
+    WATCHER_KEY,
+    create_app,
+    create_internal_app,
+)
 from query_frontend.settings import FrontendSettings
 from query_frontend.supervisor import supervise
 
@@ -38,9 +46,19 @@ async def serve(settings: FrontendSettings) -> None:
     app = create_app(settings, peer_ports)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    listen = None if settings.listen_fd is None else socket.socket(fileno=settings.listen_fd)
     site: web.BaseSite
-    if settings.listen_fd is not None:
-        site = web.SockSite(runner, socket.socket(fileno=settings.listen_fd))
+    if settings.predict_protocol == "fast":
+        site = PredictSite(
+            runner,
+            app[PREDICT_CALL_KEY],
+            host=settings.host,
+            port=settings.port,
+            sock=listen,
+            max_body_bytes=CLIENT_MAX_SIZE,
+        )
+    elif listen is not None:
+        site = web.SockSite(runner, listen)
     else:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     try:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -19,6 +20,7 @@ from query_frontend.errors import NOT_FOUND, QueryError
 from query_frontend.loop_lag import LoopLag
 from query_frontend.metrics import MetricsRegistry
 from query_frontend.peers import SNAPSHOT_PATH, Peers
+from query_frontend.predict_protocol import PredictCall
 from query_frontend.predictor import Predictor, record_batch
 from query_frontend.routing import ClusterWatcher, Router
 from query_frontend.settings import FrontendSettings
@@ -29,8 +31,10 @@ PREDICTOR_KEY = web.AppKey("predictor", Predictor)
 METRICS_KEY = web.AppKey("metrics", MetricsRegistry)
 WATCHER_KEY = web.AppKey("watcher", ClusterWatcher)
 PEERS_KEY = web.AppKey("peers", Peers)
-LOOP_LAG_KEY = web.AppKey("loop_lag", LoopLag)
-ARRIVAL_KEY = web.AppKey("arrival", ArrivalClock)
+# Answers a predict request; PredictSite calls it too, for the requests it reads itself.
+PREDICT_CALL_KEY: web.AppKey[PredictCall] = web.AppKey("predict_call")
+# The largest request body the frontend reads.
+CLIENT_MAX_SIZE = 256 * 1024 * 1024
 
 
 def _json(doc: object, status: int = 200) -> web.Response:
@@ -58,18 +62,26 @@ async def error_middleware(
 
 
 async def predict(request: web.Request) -> web.Response:
-    body = await request.read()
-    # The query's SLO counts from when the request reached this host, not from now: it may
-    # have waited in its socket while the loop was busy or the process was off the CPU.
-    unread = partial(
-        request.app[ARRIVAL_KEY].wait_seconds, request.transport, request.app[LOOP_LAG_KEY].seconds
+    """A predict request that reached aiohttp: one on a connection that PredictSite handed
+    over, or any with predict_protocol "aiohttp"."""
+    transport = cast(asyncio.Transport, request.transport)
+    body = await request.app[PREDICT_CALL_KEY](
+        request.match_info["app"], await request.read(), transport
     )
-    is_batch, predictions = await request.app[PREDICTOR_KEY].predict(
-        request.match_info["app"], body, unread
-    )
-    if is_batch and len(predictions) != 1:
-        return _json({"batch_predictions": [p.to_json() for p in predictions]})
-    return _json(predictions[0].to_json())
+    return web.Response(body=body, content_type="application/json")
+
+
+def _predict_call(predictor: Predictor, arrival: ArrivalClock, loop_lag: LoopLag) -> PredictCall:
+    async def call(app_name: str, body: bytes, transport: asyncio.Transport) -> bytes:
+        # The query's SLO counts from when the request reached this host, not from now: it
+        # may have waited in its socket while the loop was busy or the process was off the CPU.
+        unread = partial(arrival.wait_seconds, transport, loop_lag.seconds)
+        is_batch, predictions = await predictor.predict(app_name, body, unread)
+        if is_batch and len(predictions) != 1:
+            return orjson.dumps({"batch_predictions": [p.to_json() for p in predictions]})
+        return orjson.dumps(predictions[0].to_json())
+
+    return call
 
 
 async def update(request: web.Request) -> web.Response:
@@ -121,7 +133,7 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
 
     peer_ports are the metrics ports of the sibling workers sharing this frontend's port.
     """
-    app = web.Application(middlewares=[error_middleware], client_max_size=256 * 1024 * 1024)
+    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
     registry = MetricsRegistry()
     peers = Peers(peer_ports or [])
     cache = PredictionCache(settings.prediction_cache_size_bytes)
@@ -141,8 +153,7 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
     app[METRICS_KEY] = registry
     app[WATCHER_KEY] = watcher
     app[PEERS_KEY] = peers
-    app[LOOP_LAG_KEY] = loop_lag
-    app[ARRIVAL_KEY] = ArrivalClock()
+    app[PREDICT_CALL_KEY] = _predict_call(predictor, ArrivalClock(), loop_lag)
     # The predictor registers the per-request metrics; these are reported from the first scrape.
     registry.meter("internal:aggregate_model_throughput")
     registry.histogram("internal:rpc_request_queueing_delay")

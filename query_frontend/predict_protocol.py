@@ -1,0 +1,537 @@
+"""The public port's HTTP/1.1 connections: predict requests answered straight from the socket,
+every other request handed to the aiohttp application."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+import orjson
+from aiohttp import web
+
+from query_frontend.errors import QueryError
+
+logger = logging.getLogger(__name__)
+
+# Answers one predict request: (app name, request body, its connection's transport) to the
+# reply's JSON body; raises QueryError for a reply with an error status.
+PredictCall = Callable[[str, bytes, asyncio.Transport], Awaitable[bytes]]
+
+# Requests read ahead of their answers on one connection (HTTP/1.1 pipelining) before the
+# connection stops being read until the answers catch up.
+MAX_PIPELINED = 16
+# As aiohttp's own limits (8 KiB a line): a request line and headers longer than this get a 400.
+MAX_HEAD_BYTES = 64 * 1024
+# As aiohttp's own connections: an idle keep-alive connection is closed after this long.
+KEEPALIVE_TIMEOUT_S = 75.0
+# Idle connections are looked for this many times per keep-alive timeout.
+_SWEEPS_PER_TIMEOUT = 5
+_PREDICT_SUFFIX = b"/predict"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_JSON_HEAD = (
+    b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %s\r\n"
+)
+_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
+_CLOSE = b"Connection: close\r\n\r\n"
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class _Date:
+    """The Date header's value, formatted once a second rather than once a reply."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._value = b""
+
+    def value(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+class _Stop(Exception):
+    """Raised from a parser callback: nothing more of this connection's bytes is parsed."""
+
+
+class _Predict:
+    __slots__ = ("app", "body", "http_1_0", "keep_alive")
+
+    def __init__(self, app: str, body: bytes, keep_alive: bool, http_1_0: bool) -> None:
+        self.app = app
+        self.body = body
+        self.keep_alive = keep_alive
+        self.http_1_0 = http_1_0
+
+
+class _Reply:
+    """A reply made without the model (an error in the request itself); the connection ends."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class _HandOver:
+    """The rest of the connection goes to aiohttp, starting with these bytes."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+_Work = _Predict | _Reply | _HandOver
+
+
+class Connections:
+    """The site's open connections: closed when idle too long, and drained at shutdown."""
+
+    def __init__(self) -> None:
+        self._open: set[PredictProtocol] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def add(self, connection: PredictProtocol) -> None:
+        self._open.add(connection)
+        self._empty.clear()
+
+    def discard(self, connection: PredictProtocol) -> None:
+        self._open.discard(connection)
+        if not self._open:
+            self._empty.set()
+
+    def close_idle(self, idle_since: float) -> None:
+        for connection in list(self._open):
+            connection.close_if_idle(idle_since)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Ends every connection once its answers are written, or all of them after timeout_s."""
+        for connection in list(self._open):
+            connection.finish()
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout_s)
+        except TimeoutError:
+            logger.warning("%d connections still busy at shutdown: closed", len(self._open))
+            for connection in list(self._open):
+                connection.abort()
+
+
+class PredictProtocol(asyncio.Protocol):
+    """One client connection: predict requests are parsed (httptools) and answered here.
+
+    The first request that is not a predict, and everything after it, goes to an aiohttp
+    request handler that takes over the connection: the bytes of that request are passed on
+    as they came, or, where the request began inside a read that also held the end of an
+    earlier one and so its first byte is not known, rebuilt from what was parsed, with
+    "Connection: close" so that aiohttp ends the connection after answering it.
+    """
+
+    def __init__(
+        self,
+        predict: PredictCall,
+        fallback: Callable[[], asyncio.Protocol],
+        connections: Connections,
+        max_body_bytes: int,
+        date: _Date,
+    ) -> None:
+        self._predict = predict
+        self._fallback = fallback
+        self._connections = connections
+        self._max_body_bytes = max_body_bytes
+        self._date = date
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        # The bytes of the message being parsed, from its first, while they are known: the
+        # message began at the start of a read.
+        self._raw: list[bytes] | None = None
+        self._between_messages = True
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._head_bytes = 0
+        self._app: str | None = None
+        self._rebuild = False
+        self._work: deque[_Work] = deque()
+        self._busy = False
+        self._ended = False  # nothing more is read: the last work is queued
+        self._finishing = False  # shutdown: end the connection once its answers are written
+        self._eof = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._last_active = self._loop.time()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._ended:
+            return
+        self._last_active = self._loop.time()
+        if self._between_messages:
+            self._raw = [data]
+        elif self._raw is not None:
+            self._raw.append(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if not isinstance(e.__context__, _Stop):
+                raise
+        except httptools.HttpParserUpgrade as e:
+            # llhttp stops after a request that asks to upgrade the connection. Nothing here
+            # upgrades: the request was answered as any other, and what follows it is parsed.
+            offset = int(e.args[0])
+            if not self._ended and offset < len(data):
+                self.data_received(data[offset:])
+                return
+        except httptools.HttpParserError as e:
+            self._end_with(_error_reply(400, "Bad request", f"Malformed HTTP request: {e}"))
+        self._update_reading()
+
+    def eof_received(self) -> bool:
+        if self._busy or self._work:
+            # A client may half-close after its last request and still read the answers.
+            self._eof = True
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended = True
+        self._work.clear()
+        self._connections.discard(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._between_messages = False
+        self._url.clear()
+        self._headers.clear()
+        self._body.clear()
+        self._body_bytes = 0
+        self._head_bytes = 0
+        self._app = None
+        self._rebuild = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            cause = f"The request line and headers are over {MAX_HEAD_BYTES} bytes"
+            self._end_with(_error_reply(400, "Bad request", cause))
+            raise _Stop
+
+    def on_headers_complete(self) -> None:
+        app = self._predict_app() if self._parser.get_method() == b"POST" else None
+        if app is None:
+            if self._raw is not None:
+                self._hand_over_message()
+                raise _Stop
+            # The message began after an earlier one in the same read: it is read whole and
+            # rebuilt (see the class's docstring).
+            self._rebuild = True
+            return
+        self._app = app
+        self._raw = None
+        expect_continue = False
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"content-length" and value.isdigit() and int(value) > self._max_body_bytes:
+                self._end_with(_too_large(self._max_body_bytes))
+                raise _Stop
+            if lower == b"expect" and value.lower() == b"100-continue":
+                expect_continue = True
+        # Not while an earlier request's answer is due: it must go first, and the client
+        # sends the body after its own wait without the 100.
+        idle = not self._busy and not self._work
+        if expect_continue and idle and self._parser.get_http_version() == "1.1":
+            self._write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._max_body_bytes and not self._rebuild:
+            self._end_with(_too_large(self._max_body_bytes))
+            raise _Stop
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._between_messages = True
+        self._raw = None
+        if self._rebuild:
+            self._end_with(_HandOver(self._rebuilt_message()))
+            raise _Stop
+        assert self._app is not None
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body.clear()
+        self._queue(
+            _Predict(
+                self._app,
+                body,
+                self._parser.should_keep_alive(),
+                self._parser.get_http_version() == "1.0",
+            )
+        )
+
+    # The connection's work, one piece at a time, in the order the requests came
+
+    def _queue(self, work: _Work) -> None:
+        self._work.append(work)
+        if not self._busy:
+            self._next()
+
+    def _next(self) -> None:
+        while self._work and not self._busy:
+            work = self._work.popleft()
+            if isinstance(work, _Predict):
+                self._busy = True
+                self._loop.create_task(self._answer(work))
+            elif isinstance(work, _Reply):
+                self._write(work.data)
+                self._close()
+            else:
+                self._give_to_aiohttp(work.data)
+        if not self._busy and not self._work and (self._eof or self._finishing):
+            self._close()
+
+    async def _answer(self, work: _Predict) -> None:
+        transport = self._transport
+        assert transport is not None
+        try:
+            body = await self._predict(work.app, work.body, transport)
+            status = 200
+        except QueryError as e:
+            body = orjson.dumps({"error": e.error, "cause": e.cause})
+            status = e.status
+        except Exception:
+            logger.exception("unexpected error in POST /%s/predict", work.app)
+            body = orjson.dumps(
+                {"error": "Internal error", "cause": "An unexpected error occurred!"}
+            )
+            status = 500
+        self._busy = False
+        if transport.is_closing():
+            return
+        keep_alive = work.keep_alive and not self._finishing
+        head = _JSON_HEAD % (status, _REASONS[status], len(body), self._date.value())
+        if not keep_alive:
+            head += _CLOSE
+        elif work.http_1_0:
+            head += _KEEP_ALIVE
+        else:
+            head += b"\r\n"
+        transport.write(head + body)
+        self._last_active = self._loop.time()
+        if not keep_alive:
+            self._close()
+            return
+        self._next()
+        self._update_reading()
+
+    # Ways a connection ends, or leaves this protocol
+
+    def _end_with(self, work: _Work) -> None:
+        """Queues the connection's last work: nothing after it is read."""
+        self._ended = True
+        self._queue(work)
+
+    def _hand_over_message(self) -> None:
+        assert self._raw is not None
+        self._end_with(_HandOver(b"".join(self._raw)))
+
+    def _give_to_aiohttp(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        self._connections.discard(self)
+        handler = self._fallback()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._reading_paused:
+            transport.resume_reading()
+        if data:
+            handler.data_received(data)
+        if self._eof:
+            handler.eof_received()
+
+    def _rebuilt_message(self) -> bytes:
+        major_minor = self._parser.get_http_version()
+        head = [
+            self._parser.get_method() + b" " + b"".join(self._url) + f" HTTP/{major_minor}".encode()
+        ]
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower not in (b"connection", b"content-length", b"transfer-encoding", b"keep-alive"):
+                head.append(name + b": " + value)
+        body = b"".join(self._body)
+        head.append(b"Content-Length: %d" % len(body))
+        head.append(b"Connection: close")
+        return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+    def _predict_app(self) -> str | None:
+        """The app a POST to this URL predicts for, or None for any other route."""
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        path = url.split(b"?", 1)[0]
+        if path.endswith(b"/"):
+            path = path[:-1]
+        if not path.startswith(b"/") or not path.endswith(_PREDICT_SUFFIX):
+            return None
+        app = path[1 : -len(_PREDICT_SUFFIX)]
+        if not app or b"/" in app:
+            return None
+        try:
+            name = app.decode()
+        except UnicodeDecodeError:
+            return None
+        return unquote(name) if "%" in name else name
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _close(self) -> None:
+        self._ended = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing() or transport.get_protocol() is not self:
+            return
+        pause = self._writing_paused or len(self._work) >= MAX_PIPELINED or self._ended
+        if pause and not self._reading_paused:
+            transport.pause_reading()
+            self._reading_paused = True
+        elif not pause and self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+
+    # Called by Connections
+
+    def close_if_idle(self, idle_since: float) -> None:
+        idle = not self._busy and not self._work and self._between_messages
+        if idle and self._last_active < idle_since:
+            self._close()
+
+    def finish(self) -> None:
+        self._finishing = True
+        if not self._busy and not self._work:
+            self._close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _error_reply(status: int, error: str, cause: str) -> _Reply:
+    body = orjson.dumps({"error": error, "cause": cause})
+    head = _JSON_HEAD % (status, _REASONS[status], len(body), _Date().value())
+    return _Reply(head + _CLOSE + body)
+
+
+def _too_large(max_body_bytes: int) -> _Reply:
+    return _error_reply(
+        413, "Request Entity Too Large", f"The request body is over {max_body_bytes} bytes"
+    )
+
+
+class PredictSite(web.BaseSite):
+    """Listens on the public port with PredictProtocol, handing other requests to the runner's
+    aiohttp server; stopping it drains the connections it still serves."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        predict: PredictCall,
+        *,
+        host: str | None = None,
+        port: int = 0,
+        sock: socket.socket | None = None,
+        backlog: int = 1024,
+        max_body_bytes: int,
+        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+        shutdown_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._predict = predict
+        self._host = host
+        self._port = port
+        self._sock = sock
+        self._max_body_bytes = max_body_bytes
+        self._keepalive_timeout_s = keepalive_timeout_s
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._connections = Connections()
+        self._sweep: asyncio.TimerHandle | None = None
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host or '0.0.0.0'}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        fallback = self._runner.server
+        assert fallback is not None
+        date = _Date()
+
+        def factory() -> Any:
+            return PredictProtocol(
+                self._predict, fallback, self._connections, self._max_body_bytes, date
+            )
+
+        if self._sock is not None:
+            self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(
+                factory, self._host, self._port, backlog=self._backlog, reuse_address=True
+            )
+        self._schedule_sweep()
+
+    def _schedule_sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        interval_s = self._keepalive_timeout_s / _SWEEPS_PER_TIMEOUT
+
+        def sweep() -> None:
+            self._connections.close_idle(loop.time() - self._keepalive_timeout_s)
+            self._sweep = loop.call_later(interval_s, sweep)
+
+        self._sweep = loop.call_later(interval_s, sweep)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._sweep is not None:
+            self._sweep.cancel()
+        await self._connections.drain(self._shutdown_timeout_s)
