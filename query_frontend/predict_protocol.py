@@ -167,6 +167,7 @@ class PredictProtocol(asyncio.Protocol):
         self._rebuild = False
         self._work: deque[_Work] = deque()
         self._busy = False
+        self._in_flight: asyncio.Task[None] | None = None
         self._ended = False  # nothing more is read: the last work is queued
         self._finishing = False  # shutdown: end the connection once its answers are written
         self._eof = False
@@ -318,7 +319,8 @@ class PredictProtocol(asyncio.Protocol):
             work = self._work.popleft()
             if isinstance(work, _Predict):
                 self._busy = True
-                self._loop.create_task(self._answer(work))
+                # Held here: the loop itself keeps only a weak reference to a task.
+                self._in_flight = self._loop.create_task(self._answer(work))
             elif isinstance(work, _Reply):
                 self._write(work.data)
                 self._close()
@@ -343,6 +345,7 @@ class PredictProtocol(asyncio.Protocol):
             )
             status = 500
         self._busy = False
+        self._in_flight = None
         if transport.is_closing():
             return
         keep_alive = work.keep_alive and not self._finishing
