@@ -198,13 +198,6 @@ class PredictProtocol(asyncio.Protocol):
         except httptools.HttpParserCallbackError as e:
             if not isinstance(e.__context__, _Stop):
                 raise
-        except httptools.HttpParserUpgrade as e:
-            # llhttp stops after a request that asks to upgrade the connection. Nothing here
-            # upgrades: the request was answered as any other, and what follows it is parsed.
-            offset = int(e.args[0])
-            if not self._ended and offset < len(data):
-                self.data_received(data[offset:])
-                return
         except httptools.HttpParserError as e:
             self._end_with(_error_reply(400, "Bad request", f"Malformed HTTP request: {e}"))
         self._update_reading()
@@ -257,7 +250,10 @@ class PredictProtocol(asyncio.Protocol):
             raise _Stop
 
     def on_headers_complete(self) -> None:
-        app = self._predict_app() if self._parser.get_method() == b"POST" else None
+        # A request to upgrade the connection (curl --http2 asks for h2c) is aiohttp's: llhttp
+        # would skip its body, and nothing here upgrades.
+        is_post = self._parser.get_method() == b"POST" and not self._parser.should_upgrade()
+        app = self._predict_app() if is_post else None
         if app is None:
             if self._raw is not None:
                 self._hand_over_message()

@@ -371,3 +371,21 @@ def test_the_site_listens_on_a_socket_it_is_given() -> None:
         await runner.cleanup()
 
     asyncio.run(main())
+
+
+async def test_a_predict_that_asks_to_upgrade_is_answered_by_aiohttp(served: Served) -> None:
+    reader, writer = await _connect(served)
+    # As curl --http2 sends it to an http:// URL: aiohttp answers it over HTTP/1.1.
+    writer.write(
+        _post(
+            "/a/predict",
+            b"body",
+            "Connection: Upgrade, HTTP2-Settings",
+            "Upgrade: h2c",
+            "HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA",
+        )
+    )
+    answer = await _read_response(reader)
+    assert answer.json() == {"app": "a", "body": "body"}
+    assert "aiohttp" in answer.headers["server"]
+    writer.close()
