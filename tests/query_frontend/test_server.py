@@ -36,14 +36,27 @@ def _nondeterministic(xs: Any) -> list[int]:
     return [random.randrange(1 << 30) for _ in xs]
 
 
-@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
-def conn(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[ClipperConnection]:
-    """A cluster whose frontend runs on each event loop in turn: every test here runs on both."""
+# Each frontend configuration the tests here run against: its environment.
+_FRONTENDS = {
+    "uvloop": {"CLIPPER_QF_EVENT_LOOP": "uvloop"},
+    "asyncio": {"CLIPPER_QF_EVENT_LOOP": "asyncio"},
+    "aiohttp-protocol": {"CLIPPER_QF_PREDICT_PROTOCOL": "aiohttp"},
+}
+
+
+@pytest.fixture(scope="module", params=list(_FRONTENDS))
+def frontend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def conn(tmp_path_factory: pytest.TempPathFactory, frontend: str) -> Iterator[ClipperConnection]:
+    """A cluster whose frontend runs on each event loop, and with aiohttp reading every request,
+    in turn: every test here runs on each."""
     connection = new_connection(tmp_path_factory.mktemp("qf-cluster"), "qf")
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("CLIPPER_QF_EVENT_LOOP", request.param)
+        for name, value in _FRONTENDS[frontend].items():
+            env.setenv(name, value)
         connection.start_clipper()
     try:
         create_endpoint(connection, "doubles-app", "doubles", _describe)
@@ -153,6 +166,15 @@ def test_unknown_version_and_unlinked_version_are_query_errors(conn: ClipperConn
         "No model is linked to application unlinked-app",
     )
     assert predict(conn, "doubles-app", {"input": [1.0], "version": 1})["default"] is False
+
+
+def test_predicts_are_answered_by_the_configured_protocol(
+    conn: ClipperConnection, frontend: str
+) -> None:
+    response = _post(conn, "doubles-app/predict", '{"input": [1.0]}')
+    assert response.json()["output"] == {"dtype": "float64", "value": [1.0]}
+    # aiohttp names itself in a Server header; the frontend's own protocol sends none.
+    assert ("aiohttp" in response.headers.get("Server", "")) == (frontend == "aiohttp-protocol")
 
 
 def test_unknown_app_and_route_are_json_404(conn: ClipperConnection) -> None:
