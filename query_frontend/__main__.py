@@ -15,7 +15,7 @@ from aiohttp import web
 
 from management.event_loop import loop_factory
 from query_frontend.native import compiled_modules, stale_modules
-from query_frontend.predict_protocol import PredictSite
+from query_frontend.predict_site import PredictSite
 from query_frontend.server import (
     CLIENT_MAX_SIZE,
     METRICS_KEY,

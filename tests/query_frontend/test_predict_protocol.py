@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from query_frontend.errors import NOT_FOUND, QueryError
-from query_frontend.predict_protocol import PredictSite
+from query_frontend.predict_site import PredictSite
 
 MAX_BODY_BYTES = 1000
 
