@@ -30,6 +30,8 @@ PredictCall = Callable[[str, bytes, asyncio.Transport], Awaitable[bytes]]
 MAX_PIPELINED = 16
 # As aiohttp's own limits (8 KiB a line): a request line and headers longer than this get a 400.
 MAX_HEAD_BYTES = 64 * 1024
+# How long a connection ended by an error reply is still read, so that it is not reset.
+LINGER_S = 2.0
 # As aiohttp's own connections: an idle keep-alive connection is closed after this long.
 KEEPALIVE_TIMEOUT_S = 75.0
 # Idle connections are looked for this many times per keep-alive timeout.
@@ -162,6 +164,10 @@ class PredictProtocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._head_bytes = 0
+        # Bytes read while a request's line and headers were incomplete, after the read that
+        # began them: httptools buffers an unfinished header itself, without a limit.
+        self._in_head = False
+        self._head_read_bytes = 0
         self._app: str | None = None
         self._rebuild = False
         self._work: deque[_Work] = deque()
@@ -170,6 +176,7 @@ class PredictProtocol(asyncio.Protocol):
         self._ended = False  # nothing more is read: the last work is queued
         self._finishing = False  # shutdown: end the connection once its answers are written
         self._eof = False
+        self._lingering = False
         self._reading_paused = False
         self._writing_paused = False
         self._last_active = self._loop.time()
@@ -188,6 +195,12 @@ class PredictProtocol(asyncio.Protocol):
         if self._ended:
             return
         self._last_active = self._loop.time()
+        if self._in_head:
+            self._head_read_bytes += len(data)
+            if self._head_read_bytes > MAX_HEAD_BYTES:
+                self._end_with(_head_too_large())
+                self._update_reading()
+                return
         if self._between_messages:
             self._raw = [data]
         elif self._raw is not None:
@@ -202,6 +215,8 @@ class PredictProtocol(asyncio.Protocol):
         self._update_reading()
 
     def eof_received(self) -> bool:
+        if self._lingering:
+            return False
         if self._busy or self._work:
             # A client may half-close after its last request and still read the answers.
             self._eof = True
@@ -230,6 +245,8 @@ class PredictProtocol(asyncio.Protocol):
         self._body.clear()
         self._body_bytes = 0
         self._head_bytes = 0
+        self._in_head = True
+        self._head_read_bytes = 0
         self._app = None
         self._rebuild = False
 
@@ -244,11 +261,11 @@ class PredictProtocol(asyncio.Protocol):
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > MAX_HEAD_BYTES:
-            cause = f"The request line and headers are over {MAX_HEAD_BYTES} bytes"
-            self._end_with(_error_reply(400, "Bad request", cause))
+            self._end_with(_head_too_large())
             raise _Stop
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         # A request to upgrade the connection (curl --http2 asks for h2c) is aiohttp's: llhttp
         # would skip its body, and nothing here upgrades.
         is_post = self._parser.get_method() == b"POST" and not self._parser.should_upgrade()
@@ -318,7 +335,7 @@ class PredictProtocol(asyncio.Protocol):
                 self._in_flight = self._loop.create_task(self._answer(work))
             elif isinstance(work, _Reply):
                 self._write(work.data)
-                self._close()
+                self._linger()
             else:
                 self._give_to_aiohttp(work.data)
         if not self._busy and not self._work and (self._eof or self._finishing):
@@ -419,6 +436,20 @@ class PredictProtocol(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
+    def _linger(self) -> None:
+        """Ends the connection after an error reply, reading (and dropping) what the client
+        still sends for a while: closed with its bytes unread, the socket would be reset, and
+        the reset can destroy the reply before the client reads it."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self._close()
+            return
+        self._ended = True
+        self._lingering = True
+        transport.write_eof()
+        self._update_reading()
+        self._loop.call_later(LINGER_S, self._close)
+
     def _close(self) -> None:
         self._ended = True
         if self._transport is not None:
@@ -428,7 +459,8 @@ class PredictProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing() or transport.get_protocol() is not self:
             return
-        pause = self._writing_paused or len(self._work) >= MAX_PIPELINED or self._ended
+        pause = self._writing_paused or len(self._work) >= MAX_PIPELINED
+        pause = pause or (self._ended and not self._lingering)
         if pause and not self._reading_paused:
             transport.pause_reading()
             self._reading_paused = True
@@ -457,6 +489,11 @@ def _error_reply(status: int, error: str, cause: str) -> _Reply:
     body = orjson.dumps({"error": error, "cause": cause})
     head = _JSON_HEAD % (status, _REASONS[status], len(body), _Date().value())
     return _Reply(head + _CLOSE + body)
+
+
+def _head_too_large() -> _Reply:
+    cause = f"The request line and headers are over {MAX_HEAD_BYTES} bytes"
+    return _error_reply(400, "Bad request", cause)
 
 
 def _too_large(max_body_bytes: int) -> _Reply:

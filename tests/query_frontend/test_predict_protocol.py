@@ -256,6 +256,20 @@ async def test_headers_over_the_limit_are_a_json_400(served: Served) -> None:
     assert await _closed(reader)
 
 
+async def test_a_header_that_never_ends_is_a_json_400(served: Served) -> None:
+    reader, writer = await _connect(served)
+    writer.write(b"POST /a/predict HTTP/1.1\r\nHost: test\r\nX-Endless: ")
+    # The client goes on sending after the reply: the reply must reach it all the same.
+    for _ in range(20):
+        writer.write(b"y" * 10_000)
+        await writer.drain()
+        await asyncio.sleep(0.01)
+    answer = await _read_response(reader)
+    assert answer.status == 400
+    assert "headers are over" in answer.json()["cause"]  # type: ignore[index]
+    assert await _closed(reader)
+
+
 @pytest.mark.parametrize(
     ("version", "connection", "kept"),
     [
