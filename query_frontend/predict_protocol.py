@@ -15,9 +15,8 @@ from typing import cast
 from urllib.parse import unquote
 
 import httptools
-import orjson
 
-from query_frontend.errors import QueryError
+from query_frontend.errors import BAD_REQUEST, QueryError, internal_error
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +210,7 @@ class PredictProtocol(asyncio.Protocol):
             if not isinstance(e.__context__, _Stop):
                 raise
         except httptools.HttpParserError as e:
-            self._end_with(_error_reply(400, "Bad request", f"Malformed HTTP request: {e}"))
+            self._end_with(_error_reply(QueryError(BAD_REQUEST, f"Malformed HTTP request: {e}")))
         self._update_reading()
 
     def eof_received(self) -> bool:
@@ -348,14 +347,11 @@ class PredictProtocol(asyncio.Protocol):
             body = await self._predict(work.app, work.body, transport)
             status = 200
         except QueryError as e:
-            body = orjson.dumps({"error": e.error, "cause": e.cause})
-            status = e.status
+            body, status = e.body(), e.status
         except Exception:
             logger.exception("unexpected error in POST /%s/predict", work.app)
-            body = orjson.dumps(
-                {"error": "Internal error", "cause": "An unexpected error occurred!"}
-            )
-            status = 500
+            error = internal_error()
+            body, status = error.body(), error.status
         self._busy = False
         self._in_flight = None
         if transport.is_closing():
@@ -485,21 +481,20 @@ class PredictProtocol(asyncio.Protocol):
             self._transport.abort()
 
 
-def _error_reply(status: int, error: str, cause: str) -> _Reply:
-    body = orjson.dumps({"error": error, "cause": cause})
-    head = _JSON_HEAD % (status, _REASONS[status], len(body), _Date().value())
+def _error_reply(error: QueryError) -> _Reply:
+    body = error.body()
+    head = _JSON_HEAD % (error.status, _REASONS[error.status], len(body), _Date().value())
     return _Reply(head + _CLOSE + body)
 
 
 def _head_too_large() -> _Reply:
     cause = f"The request line and headers are over {MAX_HEAD_BYTES} bytes"
-    return _error_reply(400, "Bad request", cause)
+    return _error_reply(QueryError(BAD_REQUEST, cause))
 
 
 def _too_large(max_body_bytes: int) -> _Reply:
-    return _error_reply(
-        413, "Request Entity Too Large", f"The request body is over {max_body_bytes} bytes"
-    )
+    cause = f"The request body is over {max_body_bytes} bytes"
+    return _error_reply(QueryError("Request Entity Too Large", cause, status=413))
 
 
 def protocol_factory(

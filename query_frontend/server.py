@@ -16,7 +16,7 @@ from management.store import Store
 from query_frontend.arrival import ArrivalClock
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import json_error
-from query_frontend.errors import NOT_FOUND, QueryError
+from query_frontend.errors import NOT_FOUND, QueryError, internal_error
 from query_frontend.loop_lag import LoopLag
 from query_frontend.metrics import MetricsRegistry
 from query_frontend.peers import SNAPSHOT_PATH, Peers
@@ -48,17 +48,16 @@ async def error_middleware(
     try:
         return await handler(request)
     except QueryError as e:
-        return _json({"error": e.error, "cause": e.cause}, status=e.status)
+        error = e
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return _json(
-            {"error": e.reason, "cause": f"{request.method} {request.path}: {e.reason}"},
-            status=e.status,
-        )
+        cause = f"{request.method} {request.path}: {e.reason}"
+        error = QueryError(e.reason, cause, status=e.status)
     except Exception:
         logger.exception("unexpected error in %s %s", request.method, request.path)
-        return _json({"error": "Internal error", "cause": "An unexpected error occurred!"}, 500)
+        error = internal_error()
+    return web.Response(body=error.body(), status=error.status, content_type="application/json")
 
 
 async def predict(request: web.Request) -> web.Response:
