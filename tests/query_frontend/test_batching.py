@@ -320,7 +320,7 @@ async def test_a_rare_query_is_sent_at_once() -> None:
     batch = await queue.take()
     # 2 queries per 102 ms keep a replica under 70% busy at 10 per second: no reason to wait.
     assert len(batch) == 2
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 0.25  # half the wait it would have had
 
 
 async def test_a_client_that_waits_for_each_answer_is_never_held_for_a_fuller_batch() -> None:
@@ -438,8 +438,8 @@ async def test_a_wait_for_a_fuller_batch_ends_when_the_arrivals_stop() -> None:
     batch = await asyncio.wait_for(queue.take(), timeout=1.0)
     assert len(batch) == 64
     # Once the rate measured up to now says a batch of 64 keeps up, the wait is over: within
-    # a few ms here (the wait's own limit is 200 ms).
-    assert time.monotonic() - started < 0.05
+    # a few ms here (the wait's own limit is 200 ms; the bound leaves room for a busy host).
+    assert time.monotonic() - started < 0.12
 
 
 async def test_the_replies_of_a_costly_batch_go_out_before_the_next_batch_is_taken(
