@@ -5,6 +5,7 @@ from clipper_admin.clipper_admin import DEFAULT_PREDICTION_CACHE_SIZE_BYTES, Cli
 from clipper_admin.container_manager import CLIPPER_TEMP_DIR
 from clipper_admin.docker_container_manager import DockerContainerManager
 from clipper_admin.exceptions import ClipperException, UnconnectedException
+from clipper_admin.kubernetes_container_manager import KubernetesContainerManager
 from clipper_admin.local_container_manager import LocalContainerManager
 from clipper_admin.version import __registry__, __version__
 
@@ -14,6 +15,7 @@ __all__ = [
     "ClipperConnection",
     "ClipperException",
     "DockerContainerManager",
+    "KubernetesContainerManager",
     "LocalContainerManager",
     "UnconnectedException",
     "__registry__",
