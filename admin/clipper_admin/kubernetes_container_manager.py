@@ -19,9 +19,9 @@ NOT_SUPPORTED = (
 )
 
 
-def check_service_types(service_types: Any) -> dict[str, str]:
-    """The service types as Clipper validated them: a dict naming each service once, with
-    ClusterIP, NodePort or LoadBalancer; raises ClipperException with Clipper's texts."""
+def _check_service_types(service_types: Any) -> None:
+    """Raises ClipperException, with Clipper's texts, unless service_types is a dict naming
+    each service once, with ClusterIP, NodePort or LoadBalancer."""
     if not isinstance(service_types, dict):
         raise ClipperException(f"service_types must be 'dict' type: {service_types}")
     if set(service_types) != SERVICE_NAMES:
@@ -31,7 +31,6 @@ def check_service_types(service_types: Any) -> dict[str, str]:
         raise ClipperException(f"service_types has unknown values: {sorted(map(str, values))}")
     if UNSUPPORTED_SERVICE_TYPE in values:
         raise ClipperException(f"Clipper does not support '{UNSUPPORTED_SERVICE_TYPE}' service")
-    return dict(service_types)
 
 
 class KubernetesContainerManager:
@@ -51,5 +50,5 @@ class KubernetesContainerManager:
         create_namespace_if_not_exists: bool = False,
     ) -> None:
         if service_types is not None:
-            check_service_types(service_types)
+            _check_service_types(service_types)
         raise ClipperException(NOT_SUPPORTED)
