@@ -126,3 +126,24 @@ def test_a_nested_array_in_a_large_body_gets_the_precise_error(doc: dict[str, An
     with pytest.raises(QueryError) as raised:
         parse_predict_request(body, InputType.DOUBLES)
     assert "of type Array" in raised.value.cause
+
+
+# The largest float32 plus half its last step: doubles from here on round to infinity.
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["positive", "negative"])
+def test_a_large_body_takes_floats_up_to_the_float32_limit_and_refuses_beyond(
+    sign: float,
+) -> None:
+    largest = sign * float(np.nextafter(_FLOAT32_OVERFLOW, 0.0))
+    body = json.dumps({"input": [*[2.5] * 400, largest]}).encode()
+    assert len(body) > 1024
+    (packed,) = parse_predict_request(body, InputType.FLOATS).inputs
+    assert packed == struct.pack("<401f", *[2.5] * 400, largest)
+    assert struct.unpack_from("<f", packed, 400 * 4)[0] == sign * float(np.finfo(np.float32).max)
+
+    beyond = json.dumps({"input": [*[2.5] * 400, sign * _FLOAT32_OVERFLOW]}).encode()
+    with pytest.raises(QueryError) as raised:
+        parse_predict_request(beyond, InputType.FLOATS)
+    assert "does not fit 32-bit floats" in raised.value.cause
