@@ -112,11 +112,15 @@ class LocalContainerManager(ContainerManager):
     ) -> None:
         if num_frontend_replicas < 1:
             raise ClipperException("num_frontend_replicas must be at least 1")
-        if any(self._service_alive(s) for s in _SERVICES):
+        alive = {service: self._service_alive(service) for service in _SERVICES}
+        if all(alive.values()):
             raise ClipperException(
                 f"Cluster {self.cluster_name} already exists in {self.cluster_dir}. "
                 "Please use ClipperConnection.connect() to connect to it."
             )
+        if any(alive.values()):
+            self._restart_stopped_services(alive, cache_size, num_frontend_replicas)
+            return
         for sub in ("redis", "logs", "processes", "models", "replicas"):
             (self.cluster_dir / sub).mkdir(parents=True, exist_ok=True)
         requested_query, requested_management, requested_redis = self._requested_ports
@@ -125,34 +129,14 @@ class LocalContainerManager(ContainerManager):
         cluster = _Cluster(self.host, find_unbound_port(requested_redis, self.host), 0, 0)
         try:
             self._start_redis(cluster)
-            cluster.management_port = self._start_python_service(
-                "management",
-                "management",
-                [
-                    "--port",
-                    str(_free_or_zero(requested_management, self.host)),
-                    "--redis_port",
-                    str(cluster.redis_port),
-                ],
-                {"CLIPPER_MGMT_HOST": self.host, "CLIPPER_MGMT_REDIS_HOST": self.host},
-                "CLIPPER_MGMT_READY_FD",
+            cluster.management_port = self._start_management(
+                cluster, _free_or_zero(requested_management, self.host)
             )
-            cluster.query_port = self._start_python_service(
-                "query_frontend",
-                "query_frontend",
-                [
-                    "--port",
-                    str(_free_or_zero(requested_query, self.host)),
-                    "--redis_port",
-                    str(cluster.redis_port),
-                    "--prediction_cache_size",
-                    str(cache_size),
-                    # Replicas of the frontend are worker processes sharing its port.
-                    "--workers",
-                    str(num_frontend_replicas),
-                ],
-                {"CLIPPER_QF_HOST": self.host, "CLIPPER_QF_REDIS_HOST": self.host},
-                "CLIPPER_QF_READY_FD",
+            cluster.query_port = self._start_query_frontend(
+                cluster,
+                _free_or_zero(requested_query, self.host),
+                cache_size,
+                num_frontend_replicas,
             )
         except ClipperException:
             self.stop_all(graceful=False)
@@ -165,6 +149,65 @@ class LocalContainerManager(ContainerManager):
             self.get_query_addr(),
             self.get_admin_addr(),
             self.cluster_dir,
+        )
+
+    def _restart_stopped_services(
+        self, alive: dict[str, bool], cache_size: int, num_frontend_replicas: int
+    ) -> None:
+        """Brings back the services of a running cluster that have stopped (Redis killed, a
+        service crashed), each on the port the cluster was started with, so that the services
+        still running and every replica keep their addresses. Redis reloads its append-only
+        file, so no app, model or link is lost; the services still running reconnect to it."""
+        path = self.cluster_dir / CLUSTER_FILE
+        if not path.exists():
+            raise ClipperException(
+                f"Cluster {self.cluster_name} in {self.cluster_dir} is partly running without "
+                "its cluster file. Call stop_all() and then start_clipper()."
+            )
+        cluster = _Cluster(**json.loads(path.read_text()))
+        stopped = [service for service in ("redis", "management", "query_frontend")
+                   if not alive[service]]  # fmt: skip
+        logger.warning(
+            "Cluster %s: restarting %s, which stopped", self.cluster_name, ", ".join(stopped)
+        )
+        if "redis" in stopped:
+            self._start_redis(cluster)
+        if "management" in stopped:
+            self._start_management(cluster, cluster.management_port)
+        if "query_frontend" in stopped:
+            self._start_query_frontend(
+                cluster, cluster.query_port, cache_size, num_frontend_replicas
+            )
+        self._cluster = cluster
+
+    def _start_management(self, cluster: _Cluster, port: int) -> int:
+        return self._start_python_service(
+            "management",
+            "management",
+            ["--port", str(port), "--redis_port", str(cluster.redis_port)],
+            {"CLIPPER_MGMT_HOST": self.host, "CLIPPER_MGMT_REDIS_HOST": self.host},
+            "CLIPPER_MGMT_READY_FD",
+        )
+
+    def _start_query_frontend(
+        self, cluster: _Cluster, port: int, cache_size: int, num_frontend_replicas: int
+    ) -> int:
+        return self._start_python_service(
+            "query_frontend",
+            "query_frontend",
+            [
+                "--port",
+                str(port),
+                "--redis_port",
+                str(cluster.redis_port),
+                "--prediction_cache_size",
+                str(cache_size),
+                # Replicas of the frontend are worker processes sharing its port.
+                "--workers",
+                str(num_frontend_replicas),
+            ],
+            {"CLIPPER_QF_HOST": self.host, "CLIPPER_QF_REDIS_HOST": self.host},
+            "CLIPPER_QF_READY_FD",
         )
 
     def _start_redis(self, cluster: _Cluster) -> None:
@@ -231,7 +274,14 @@ class LocalContainerManager(ContainerManager):
 
     def connect(self) -> None:
         path = self.cluster_dir / CLUSTER_FILE
-        if not path.exists() or not all(self._service_alive(s) for s in _SERVICES):
+        stopped = [s for s in _SERVICES if not self._service_alive(s)]
+        if path.exists() and stopped and len(stopped) < len(_SERVICES):
+            raise ClipperException(
+                f"Cluster {self.cluster_name} in {self.cluster_dir} is running without "
+                f"{' and '.join(stopped)}. Call ClipperConnection.start_clipper() to restart "
+                "what stopped: the cluster's state and the rest of its processes are kept."
+            )
+        if not path.exists() or stopped:
             raise ClipperException(
                 f"No running Clipper cluster named {self.cluster_name} in {self.cluster_dir}. "
                 "Call ClipperConnection.start_clipper() to start one."

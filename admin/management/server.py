@@ -11,7 +11,7 @@ from aiohttp import web
 
 from management.errors import AdminError
 from management.service import AdminService
-from management.store import Store
+from management.store import UNREACHABLE_ERRORS, Store
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,16 @@ async def error_middleware(
             raise
         return web.json_response(
             {"error": f"{e.reason}: {request.method} {request.path}"}, status=e.status
+        )
+    except UNREACHABLE_ERRORS as e:
+        # Not the request's fault, and not for good: 503 tells a client to retry later.
+        where = request.app[STORE_KEY].location
+        logger.warning(
+            "%s %s: Redis at %s is unreachable: %s", request.method, request.path, where, e
+        )
+        return web.json_response(
+            {"error": f"The cluster state store (Redis at {where}) is unreachable: {e}"},
+            status=503,
         )
     except Exception:
         logger.exception("unexpected error in %s %s", request.method, request.path)

@@ -10,6 +10,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+import redis.exceptions
+
+# What a call raises when Redis cannot be reached (down, restarting, still loading its data),
+# as against a command it refused.
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 PREFIX = "clipper:"
 APPS = PREFIX + "apps"
@@ -101,6 +109,14 @@ class Store:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
+
+    @property
+    def location(self) -> str:
+        """Where the Redis this store uses listens: host:port, or its Unix socket."""
+        kwargs = self._redis.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return str(kwargs["path"])
+        return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
     # The client decodes responses, so every value read is a str; these say so to the checker.
 

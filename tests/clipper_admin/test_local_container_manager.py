@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import requests
 
 from clipper_admin import ClipperConnection, ClipperException
 from clipper_admin.deployers.python import create_endpoint
@@ -23,8 +25,6 @@ def _replica_pids(conn: ClipperConnection, model: str) -> list[int]:
     cluster_dir = Path(conn.cm.cluster_dir)  # type: ignore[attr-defined]
     pids = []
     for path in (cluster_dir / "replicas" / model).glob("*/*.json"):
-        import json
-
         pids.append(json.loads(path.read_text())["pid"])
     return pids
 
@@ -188,3 +188,57 @@ def test_connect_from_another_process_sees_the_cluster(
     other = new_connection(Path(cluster_dir))
     other.connect()
     assert other.get_query_addr() == clipper_conn.get_query_addr()
+
+
+def _redis_process(conn: ClipperConnection) -> psutil.Process:
+    port = int(conn.cm.get_redis_addr().rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    for process in psutil.process_iter(["cmdline"]):
+        # Redis sets its title to "redis-server host:port"; until then it is its argv.
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "redis-server" in cmdline and (f":{port}" in cmdline or f" {port} " in cmdline):
+            return process
+    raise AssertionError(f"no redis-server on port {port}")
+
+
+def test_a_killed_redis_is_restarted_by_start_clipper_with_nothing_lost(
+    clipper_conn: ClipperConnection,
+) -> None:
+    create_endpoint(clipper_conn, "steady", "doubles", lambda xs: [sum(x) for x in xs])
+    cluster_dir = Path(clipper_conn.cm.cluster_dir)  # type: ignore[attr-defined]
+    _redis_process(clipper_conn).kill()
+
+    # Queries go on from the state the frontend holds; admin calls say what is missing.
+    assert predict(clipper_conn, "steady", {"input": _counter(1)})["output"] == 2.0
+    with pytest.raises(ClipperException, match=r"status code: 503 .*Redis at .* is unreachable"):
+        clipper_conn.get_all_apps()
+    with pytest.raises(ClipperException, match="is running without redis"):
+        new_connection(cluster_dir).connect()
+
+    repair = new_connection(cluster_dir)
+    repair.start_clipper()
+    assert repair.get_query_addr() == clipper_conn.get_query_addr()
+    assert repair.get_all_apps() == ["steady"]
+    assert predict(repair, "steady", {"input": _counter(2)})["output"] == 3.0
+    # The services that kept running use the new Redis: a new app is served.
+    create_endpoint(repair, "after", "doubles", lambda xs: [len(x) for x in xs])
+    assert predict(repair, "after", {"input": [1.0, 2.0, 3.0]})["output"] == 3
+    with pytest.raises(ClipperException, match="already exists"):
+        new_connection(cluster_dir).start_clipper()
+
+
+def test_a_killed_query_frontend_comes_back_on_its_port_to_the_same_replicas(
+    clipper_conn: ClipperConnection,
+) -> None:
+    create_endpoint(clipper_conn, "kept", "doubles", lambda xs: [sum(x) for x in xs])
+    replicas = _replica_pids(clipper_conn, "kept")
+    cluster_dir = Path(clipper_conn.cm.cluster_dir)  # type: ignore[attr-defined]
+    record = json.loads((cluster_dir / "processes" / "query_frontend.json").read_text())
+    frontend = psutil.Process(record["pid"])
+    frontend.kill()
+    frontend.wait(10)
+    with pytest.raises(requests.ConnectionError):
+        requests.post(f"http://{clipper_conn.get_query_addr()}/kept/predict", timeout=5)
+
+    clipper_conn.start_clipper()
+    assert predict(clipper_conn, "kept", {"input": _counter(3)})["output"] == 4.0
+    assert _replica_pids(clipper_conn, "kept") == replicas

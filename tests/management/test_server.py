@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -10,6 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from clipper_admin.container_manager import find_unbound_port
+from clipper_admin.local_processes import redis_server_binary
 from management.server import create_app
 from management.store import Store
 
@@ -239,3 +243,60 @@ async def test_listings(admin: Admin) -> None:
     assert await admin.ok("get_container", {
         "model_name": "m", "model_version": "1", "replica_id": 0}) == {}  # fmt: skip
     assert await admin.ok("get_state", {"app_name": "a", "uid": 0}) == "d"
+
+
+async def _start_redis(port: int, directory: Path) -> asyncio.subprocess.Process:
+    """A redis-server of this test's own, so that the test may stop it; append-only, so that
+    what was written before a restart is there after it."""
+    process = await asyncio.create_subprocess_exec(
+        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir",
+        str(directory), "--save", "", "--appendonly", "yes",
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    client = aioredis.Redis(port=port)
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    await client.ping()
+                    return process
+                except aioredis.ConnectionError:
+                    await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+async def test_admin_calls_answer_503_naming_redis_while_it_is_down(tmp_path: Path) -> None:
+    port = find_unbound_port()
+    process = await _start_redis(port, tmp_path)
+    redis = aioredis.Redis(port=port, decode_responses=True)
+    runner = web.AppRunner(create_app(Store(redis)))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as session:
+            admin = Admin(session, base)
+            await admin.ok("add_app", _app("kept"))
+            process.terminate()
+            await process.wait()
+
+            status, body = await admin.post("get_all_applications", {"verbose": False})
+            assert status == 503, body
+            assert body["error"].startswith(
+                f"The cluster state store (Redis at localhost:{port}) is unreachable: "
+            ), body
+            assert (await admin.post("add_app", _app("lost")))[0] == 503
+            async with session.get(f"{base}/admin/ping") as response:
+                assert response.status == 503
+                assert "unreachable" in (await response.json())["error"]
+
+            # Back on the same port, it is used again without restarting the service.
+            process = await _start_redis(port, tmp_path)
+            assert await admin.ok("get_all_applications", {"verbose": False}) == ["kept"]
+    finally:
+        await runner.cleanup()
+        await redis.aclose()
+        process.terminate()
+        await process.wait()
