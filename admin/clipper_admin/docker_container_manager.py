@@ -397,7 +397,10 @@ class DockerContainerManager(ContainerManager):
             detach=True,
             network_mode="host",
             labels=all_labels,
-            **{**extra, **kwargs},
+            # A container that crashes, or whose process is killed, comes back on its ports
+            # (Redis with its volume, a replica registering again); one that the cluster
+            # stops stays stopped. extra_container_kwargs may set another policy.
+            **{"restart_policy": {"Name": "unless-stopped"}, **extra, **kwargs},
         )
         self._wait_started(container, wait_healthy)
         return container

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -20,7 +21,7 @@ from clipper_admin import (
     DockerContainerManager,
     LocalContainerManager,
 )
-from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL
+from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL
 from clipper_admin.deployers.python import create_endpoint, deploy_python_closure
 from tests.conftest import predict, wait_for
 
@@ -306,3 +307,46 @@ def test_pytorch_and_onnx_models_in_their_images(
     logs = "".join(Path(p).read_text() for p in conn.get_clipper_logs(str(tmp_path / "logs")))
     assert "PyTorch with 1 intra-op threads" in logs
     assert "onnxruntime with 1 intra-op threads" in logs
+
+
+def _kill_main_process(container: Any) -> None:
+    """SIGKILL from the host, as a crash or the kernel's OOM killer would: not `docker kill`,
+    which Docker counts as stopping the container on purpose."""
+    container.reload()
+    os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
+
+
+def test_a_killed_replica_or_redis_container_comes_back_by_itself(
+    docker_clusters: Callable[..., ClipperConnection],
+) -> None:
+    cluster = f"phoenix-{uuid.uuid4().hex[:6]}"
+    conn = docker_clusters(cluster)
+    create_endpoint(conn, "phoenix", "doubles", lambda xs: [len(x) for x in xs])
+    assert predict(conn, "phoenix", {"input": [1.0, 2.0]})["output"] == 2
+
+    (replica,) = _running(cluster, **{CLIPPER_MODEL_CONTAINER_LABEL: "phoenix_1"})
+    _kill_main_process(replica)
+    queries = iter(range(3, 10_000))
+
+    def answered() -> bool:
+        response = predict(conn, "phoenix", {"input": [1.0] * next(queries)})
+        return response["default"] is False
+
+    wait_for(answered, 60, "the killed replica to be restarted and serve again")
+    replica.reload()
+    assert replica.attrs["RestartCount"] >= 1
+    assert conn.cm.get_num_replicas("phoenix", "1") == 1
+
+    (redis,) = [c for c in _running(cluster) if c.name.startswith("redis-")]
+    _kill_main_process(redis)
+    # Back from its volume's append-only file: the services that kept running use it again.
+    wait_for(lambda: _apps_or_none(conn) == ["phoenix"], 60, "Redis to be restarted")
+    create_endpoint(conn, "after", "doubles", lambda xs: [sum(x) for x in xs])
+    assert predict(conn, "after", {"input": [1.0, 2.0]})["output"] == 3.0
+
+
+def _apps_or_none(conn: ClipperConnection) -> list[str] | None:
+    try:
+        return list(conn.get_all_apps())
+    except ClipperException:
+        return None
