@@ -1,0 +1,70 @@
+"""A replica's registration in a real Redis: listed while entered, gone when it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from clipper_admin.container_manager import find_unbound_port
+from clipper_admin.local_processes import redis_server_binary
+from management.store import Store
+from model_containers.registration import ReplicaRegistration
+
+
+def _registration(store: Store) -> ReplicaRegistration:
+    return ReplicaRegistration(
+        store, "m", "1", "doubles", "127.0.0.1:7001", os.getpid(),
+        heartbeat_interval_s=0.1, ttl_s=5.0,
+    )  # fmt: skip
+
+
+async def test_a_replica_is_listed_while_it_runs_and_leaves_when_it_stops(
+    clean_redis: tuple[str, int],
+) -> None:
+    redis = aioredis.Redis(host=clean_redis[0], port=clean_redis[1], decode_responses=True)
+    store = Store(redis)
+    try:
+        async with _registration(store) as replica:
+            await asyncio.sleep(0.3)  # a few heartbeats
+            assert [r.address for r in await store.list_replicas()] == ["127.0.0.1:7001"]
+            assert replica.model_name == "m"
+        assert await store.list_replicas() == []
+    finally:
+        await redis.aclose()
+
+
+async def test_a_replica_stopping_while_redis_is_down_does_not_wait_out_the_retries(
+    tmp_path: Path,
+) -> None:
+    port = find_unbound_port()
+    process = await asyncio.create_subprocess_exec(
+        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir",
+        str(tmp_path), "--save", "", stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    redis = aioredis.Redis(port=port, decode_responses=True)
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    await redis.ping()
+                    break
+                except aioredis.ConnectionError:
+                    await asyncio.sleep(0.05)
+        registration = _registration(Store(redis))
+        await registration.__aenter__()
+        process.terminate()
+        await process.wait()
+
+        # redis-py retries a refused connection for about 4 s; the record expires by itself.
+        started = time.monotonic()
+        await registration.__aexit__(None, None, None)
+        assert time.monotonic() - started < 3.0
+    finally:
+        await redis.aclose()
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
