@@ -169,6 +169,7 @@ class PredictProtocol(asyncio.Protocol):
         self._head_read_bytes = 0
         self._app: str | None = None
         self._rebuild = False
+        self._stopped = False  # a callback raised _Stop: the parser's error is expected
         self._work: deque[_Work] = deque()
         self._busy = False
         self._in_flight: asyncio.Task[None] | None = None
@@ -206,8 +207,11 @@ class PredictProtocol(asyncio.Protocol):
             self._raw.append(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as e:
-            if not isinstance(e.__context__, _Stop):
+        except httptools.HttpParserCallbackError:
+            # Not told by the error's __context__: raising sets it to the exception that this
+            # thread is handling, if any, and a compiled coroutine suspended inside an except
+            # block leaves its exception as the thread's until it resumes.
+            if not self._stopped:
                 raise
         except httptools.HttpParserError as e:
             self._end_with(_error_reply(QueryError(BAD_REQUEST, f"Malformed HTTP request: {e}")))
@@ -261,7 +265,7 @@ class PredictProtocol(asyncio.Protocol):
         self._head_bytes += size
         if self._head_bytes > MAX_HEAD_BYTES:
             self._end_with(_head_too_large())
-            raise _Stop
+            raise self._stop()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -272,7 +276,7 @@ class PredictProtocol(asyncio.Protocol):
         if app is None:
             if self._raw is not None:
                 self._hand_over_message()
-                raise _Stop
+                raise self._stop()
             # The message began after an earlier one in the same read: it is read whole and
             # rebuilt (see the class's docstring).
             self._rebuild = True
@@ -284,7 +288,7 @@ class PredictProtocol(asyncio.Protocol):
             lower = name.lower()
             if lower == b"content-length" and value.isdigit() and int(value) > self._max_body_bytes:
                 self._end_with(_too_large(self._max_body_bytes))
-                raise _Stop
+                raise self._stop()
             if lower == b"expect" and value.lower() == b"100-continue":
                 expect_continue = True
         # Not while an earlier request's answer is due: it must go first, and the client
@@ -297,7 +301,7 @@ class PredictProtocol(asyncio.Protocol):
         self._body_bytes += len(body)
         if self._body_bytes > self._max_body_bytes and not self._rebuild:
             self._end_with(_too_large(self._max_body_bytes))
-            raise _Stop
+            raise self._stop()
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -305,7 +309,7 @@ class PredictProtocol(asyncio.Protocol):
         self._raw = None
         if self._rebuild:
             self._end_with(_HandOver(self._rebuilt_message()))
-            raise _Stop
+            raise self._stop()
         assert self._app is not None
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._body.clear()
@@ -373,6 +377,11 @@ class PredictProtocol(asyncio.Protocol):
         self._update_reading()
 
     # Ways a connection ends, or leaves this protocol
+
+    def _stop(self) -> _Stop:
+        """What a parser callback raises to stop parsing this connection's bytes."""
+        self._stopped = True
+        return _Stop()
 
     def _end_with(self, work: _Work) -> None:
         """Queues the connection's last work: nothing after it is read."""

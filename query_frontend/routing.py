@@ -194,5 +194,8 @@ class ClusterWatcher:
                         await self.refresh()
             except (aioredis.RedisError, OSError) as e:
                 logger.warning("lost Redis (%s); reconnecting in %.1fs", e, backoff_s)
-                await asyncio.sleep(backoff_s)  # a reconnect backoff, not a poll
-                backoff_s = min(backoff_s * 2, 2.0)
+            # Not inside the except block: compiled, this coroutine would stay the thread's
+            # handler of the error while it sleeps, and every exception that the loop's other
+            # callbacks raised meanwhile would get it as its __context__.
+            await asyncio.sleep(backoff_s)  # a reconnect backoff, not a poll
+            backoff_s = min(backoff_s * 2, 2.0)
