@@ -66,7 +66,10 @@ class ReplicaRegistration:
     ) -> None:
         self._stopped.set()
         if self._task is not None:
-            await self._task
+            # Not waited for if a heartbeat is in flight: with Redis down, it would go on
+            # retrying for about 4 s. wait() rather than await: the cancellation is ours.
+            self._task.cancel()
+            await asyncio.wait([self._task])
         if self.replica is not None:
             try:
                 async with asyncio.timeout(DEREGISTER_TIMEOUT_S):

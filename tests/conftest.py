@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 import requests
 
 from clipper_admin import ClipperConnection, LocalContainerManager
@@ -51,6 +53,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     yield "127.0.0.1", port
     process.terminate()
     process.wait(10)
+
+
+async def start_redis_server(port: int, directory: Path) -> asyncio.subprocess.Process:
+    """A redis-server of the test's own, answering PING, so that the test may stop and restart
+    it; append-only, so that what was written before a restart is there after it."""
+    process = await asyncio.create_subprocess_exec(
+        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir",
+        str(directory), "--save", "", "--appendonly", "yes",
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    client = aioredis.Redis(port=port)
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    await client.ping()
+                    return process
+                except aioredis.ConnectionError:
+                    await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from clipper_admin.container_manager import find_unbound_port
-from clipper_admin.local_processes import redis_server_binary
 from management.server import create_app
 from management.store import Store
+from tests.conftest import start_redis_server
 
 
 class Admin:
@@ -245,30 +244,9 @@ async def test_listings(admin: Admin) -> None:
     assert await admin.ok("get_state", {"app_name": "a", "uid": 0}) == "d"
 
 
-async def _start_redis(port: int, directory: Path) -> asyncio.subprocess.Process:
-    """A redis-server of this test's own, so that the test may stop it; append-only, so that
-    what was written before a restart is there after it."""
-    process = await asyncio.create_subprocess_exec(
-        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir",
-        str(directory), "--save", "", "--appendonly", "yes",
-        stdout=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    client = aioredis.Redis(port=port)
-    try:
-        async with asyncio.timeout(10):
-            while True:
-                try:
-                    await client.ping()
-                    return process
-                except aioredis.ConnectionError:
-                    await asyncio.sleep(0.05)
-    finally:
-        await client.aclose()
-
-
 async def test_admin_calls_answer_503_naming_redis_while_it_is_down(tmp_path: Path) -> None:
     port = find_unbound_port()
-    process = await _start_redis(port, tmp_path)
+    process = await start_redis_server(port, tmp_path)
     redis = aioredis.Redis(port=port, decode_responses=True)
     runner = web.AppRunner(create_app(Store(redis)))
     await runner.setup()
@@ -293,7 +271,7 @@ async def test_admin_calls_answer_503_naming_redis_while_it_is_down(tmp_path: Pa
                 assert "unreachable" in (await response.json())["error"]
 
             # Back on the same port, it is used again without restarting the service.
-            process = await _start_redis(port, tmp_path)
+            process = await start_redis_server(port, tmp_path)
             assert await admin.ok("get_all_applications", {"verbose": False}) == ["kept"]
     finally:
         await runner.cleanup()
