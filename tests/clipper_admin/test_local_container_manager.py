@@ -204,6 +204,9 @@ def test_a_killed_redis_is_restarted_by_start_clipper_with_nothing_lost(
     clipper_conn: ClipperConnection,
 ) -> None:
     create_endpoint(clipper_conn, "steady", "doubles", lambda xs: [sum(x) for x in xs])
+    # Answered once first: the frontend learns of the replica asynchronously, and can only go
+    # on serving what it knew when Redis died.
+    assert predict(clipper_conn, "steady", {"input": _counter(0)})["output"] == 1.0
     cluster_dir = Path(clipper_conn.cm.cluster_dir)  # type: ignore[attr-defined]
     _redis_process(clipper_conn).kill()
 
