@@ -175,7 +175,8 @@ class ClipperConnection:
         image = self.build_model(
             name, version, model_data_path, base_image, container_registry, pkgs_to_install
         )
-        self.deploy_model(name, version, input_type, image, labels, num_replicas, batch_size)
+        # build_model checked the name and that no replica serves this version.
+        self._deploy(name, str(version), input_type, image, labels, num_replicas, batch_size)
 
     def build_model(
         self,
@@ -188,6 +189,9 @@ class ClipperConnection:
     ) -> str:
         version = str(version)
         _validate_versioned_model_name(name, version)
+        if self.connected:
+            # Building replaces the version's files (or image tag) that new replicas load.
+            self._refuse_redeploying_served_version(name, version)
         return self.cm.build_model(
             name, version, model_data_path, base_image, container_registry, pkgs_to_install
         )
@@ -205,9 +209,36 @@ class ClipperConnection:
         self._require_connection()
         version = str(version)
         _validate_versioned_model_name(name, version)
+        self._refuse_redeploying_served_version(name, version)
+        self._deploy(name, version, input_type, image, labels, num_replicas, batch_size)
+
+    def _deploy(
+        self,
+        name: str,
+        version: str,
+        input_type: str,
+        image: str,
+        labels: list[str] | None,
+        num_replicas: int,
+        batch_size: int,
+    ) -> None:
         self.cm.deploy_model(name, version, input_type, image, num_replicas)
         self.register_model(name, version, input_type, image, labels, batch_size)
         self.logger.info("Done deploying model %s:%s.", name, version)
+
+    def _refuse_redeploying_served_version(self, name: str, version: str) -> None:
+        """A kept version may be deployed again (a script run again after stop_all), but not
+        while replicas serve it: they would go on running the code they loaded, beside new ones
+        running the code given now."""
+        if self.get_model_info(name, version) is None:
+            return
+        running = self.cm.get_num_replicas(name, version)
+        if running:
+            raise ClipperException(
+                f"model with name '{name}' and version '{version}' already exists and "
+                f"{running} replica(s) serve it: deploy a new version, or stop this one first "
+                "(stop_versioned_models)"
+            )
 
     def register_model(
         self,

@@ -36,7 +36,16 @@ class AdminService:
         async with self._lock:
             app = AppRecord(name, kind.canonical_name, default_output, latency_slo_micros)
             if not await self._store.add_app(app):
-                raise AdminError(f"application '{name}' already exists")
+                existing = await self._store.get_app(name)
+                # State outlives stop_all(), so a Clipper script run again registers its apps
+                # again: the same registration is a no-op, as it was on Clipper's fresh state.
+                if existing == app:
+                    return f"Application '{name}' already exists with these settings"
+                raise AdminError(
+                    f"application '{name}' already exists"
+                    + (f" with {_app_settings(existing)}" if existing else "")
+                    + ": unregister it first to register it with other settings"
+                )
         return f"Successfully added application with name '{name}'"
 
     async def delete_app(self, name: str) -> str:
@@ -74,7 +83,7 @@ class AdminService:
             model = model_names[0]
             existing = await self._store.get_links(app_name)
             if model in existing:
-                raise AdminError(f"The model with name '{model}' is already linked to '{app_name}'")
+                return f"Model with name '{model}' is already linked to application '{app_name}'"
             if existing:
                 raise AdminError(
                     f"A model with name {existing[0]} is already linked to '{app_name}'."
@@ -115,21 +124,32 @@ class AdminService:
         for label in labels:
             _check_name("label", label)
         kind = _input_type(input_type)
+        record = ModelRecord(
+            name=model_name,
+            version=model_version,
+            input_type=kind.canonical_name,
+            labels=labels,
+            container_name=container_name,
+            model_data_path=model_data_path,
+            batch_size=batch_size,
+        )
         async with self._lock:
-            if await self._store.get_model(model_name, model_version) is not None:
+            existing = await self._store.get_model(model_name, model_version)
+            if existing == record:
+                # A script run again deploys its versions again; adding a version makes it
+                # current, so the same version added again does too.
+                await self._check_linked_input_type(model_name, kind.canonical_name)
+                await self._store.set_current_version(model_name, model_version)
+                return (
+                    f"Model with name '{model_name}' and version '{model_version}' already "
+                    "exists with these settings; it is the current version"
+                )
+            if existing is not None:
                 raise AdminError(
                     f"model with name '{model_name}' and version '{model_version}' already exists"
+                    " with other settings: deploy it as a new version"
                 )
             await self._check_linked_input_type(model_name, kind.canonical_name)
-            record = ModelRecord(
-                name=model_name,
-                version=model_version,
-                input_type=kind.canonical_name,
-                labels=labels,
-                container_name=container_name,
-                model_data_path=model_data_path,
-                batch_size=batch_size,
-            )
             await self._store.add_model(record)
         return (
             f"Successfully added model with name '{model_name}' "
@@ -257,3 +277,10 @@ def _input_type(name: str) -> InputType:
 def _check_name(what: str, value: str) -> None:
     if not value or any(c in value for c in _FORBIDDEN_NAME_CHARS):
         raise AdminError(f"Invalid {what} supplied: {value}. Contains one of: ',', ':'")
+
+
+def _app_settings(app: AppRecord) -> str:
+    return (
+        f"input_type '{app.input_type}', default_output '{app.default_output}' and "
+        f"latency_slo_micros {app.latency_slo_micros}"
+    )

@@ -261,3 +261,38 @@ def test_start_twice_refuses_and_connect_reattaches(
     other.connect()
     assert other.get_all_apps() == ["kept"]
     assert other.get_query_addr() == conn.get_query_addr()
+
+
+def test_a_clipper_script_runs_again_after_stop_all(
+    start_cluster: Callable[..., ClipperConnection], tmp_path: Path
+) -> None:
+    """Clipper lost its state at stop_all(), so its scripts register everything on every run.
+    Against the kept state the same registrations are no-ops, and the stopped version is
+    deployed again with the code given now."""
+
+    def quickstart(offset: float) -> dict[str, object]:
+        conn = start_cluster("rerun", tmp_path / "rerun")
+        conn.register_application("hello-world", "doubles", "-1.0", 1000000)
+        deploy_python_closure(
+            conn, "sum-model", 1, "doubles", lambda xs: [sum(x) + offset for x in xs]
+        )
+        conn.link_model_to_app("hello-world", "sum-model")
+        answer: dict[str, object] = predict(conn, "hello-world", {"input": [1.0, 2.0]})
+        conn.stop_all()
+        return answer
+
+    assert quickstart(0.0)["output"] == 3.0
+    again = quickstart(10.0)
+    assert again["output"] == 13.0 and again["default"] is False
+
+
+def test_a_served_version_is_not_deployed_again(clipper_conn: ClipperConnection) -> None:
+    create_endpoint(clipper_conn, "once", "doubles", lambda xs: [1.0] * len(xs))
+    with pytest.raises(
+        ClipperException,
+        match=r"model with name 'once' and version '1' already exists and 1 replica\(s\) serve",
+    ):
+        deploy_python_closure(clipper_conn, "once", 1, "doubles", lambda xs: [2.0] * len(xs))
+    assert predict(clipper_conn, "once", {"input": [0.5]})["output"] == 1.0
+    with pytest.raises(ClipperException, match="already exists with input_type 'doubles'"):
+        clipper_conn.register_application("once", "strings", "x", 100000)

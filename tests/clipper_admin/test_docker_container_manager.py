@@ -100,6 +100,11 @@ def test_the_same_client_script_runs_with_either_manager(manager: str, tmp_path:
     conn.start_clipper()
     try:
         result = _client_script(conn)
+        # Clipper lost its state at stop_all(), so a script run again registers everything
+        # again: against the kept state, the same registrations must succeed.
+        conn.stop_all()
+        conn.start_clipper()
+        again = _client_script(conn)
     finally:
         conn.stop_all(graceful=False)
         if docker_cm is not None:
@@ -107,12 +112,13 @@ def test_the_same_client_script_runs_with_either_manager(manager: str, tmp_path:
     if docker_cm is not None:
         tags = [t for i in docker.from_env().images.list() for t in i.tags]
         assert not [t for t in tags if t.startswith(f"{name}-")], "remove_state left model images"
-    assert result == {
+    expected = {
         "answer": "DeviceType",
         "replicas": (3, 1),
         "after_scaling": "ModelVersion",
         "models_left": [],
     }
+    assert result == expected and again == expected
 
 
 def test_containers_follow_the_replica_count(
@@ -163,6 +169,20 @@ def test_two_clusters_side_by_side_are_isolated(
     first.stop_all()
     assert predict(second, "testapp0-model", {"input": [2.0]})["output"] == 1
     assert _running(first.cm.cluster_name) == []
+
+
+def test_a_kept_version_is_deployed_again_with_new_code_after_stop_all(
+    docker_clusters: Callable[..., ClipperConnection],
+) -> None:
+    conn = docker_clusters(f"rerun-{uuid.uuid4().hex[:6]}")
+    for answer in ("first", "second"):
+        # What a Clipper script does on each run: the version's image is built again under the
+        # same tag, and its record, kept in Redis's volume, is the same.
+        create_endpoint(conn, "rerun", "doubles", lambda xs, a=answer: [a] * len(xs))
+        assert predict(conn, "rerun", {"input": [1.0]})["output"] == answer
+        conn.stop_all()
+        conn.start_clipper()
+    assert conn.get_all_models() == ["rerun:1"]
 
 
 def test_a_container_that_crashes_at_start_fails_the_deploy_with_its_log(

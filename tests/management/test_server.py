@@ -86,7 +86,13 @@ async def test_ping(admin: Admin) -> None:
 
 async def test_app_lifecycle_texts(admin: Admin) -> None:
     assert await admin.ok("add_app", _app()) == "Successfully added application with name 'a'"
-    assert await admin.error("add_app", _app()) == "application 'a' already exists"
+    # The same registration again is a no-op: a script run again against a kept state.
+    assert await admin.ok("add_app", _app()) == "Application 'a' already exists with these settings"
+    assert await admin.error("add_app", {**_app(), "default_output": "other"}) == (
+        "application 'a' already exists with input_type 'doubles', default_output 'd' and "
+        "latency_slo_micros 100000: unregister it first to register it with other settings"
+    )
+    assert (await admin.ok("get_application", {"name": "a"}))["default_output"] == "d"
     assert await admin.ok("get_application", {"name": "zz"}) == {}
     assert await admin.ok("delete_app", {"name": "a"}) == (
         "Successfully deleted application with name 'a'"
@@ -125,8 +131,8 @@ async def test_link_errors_in_clipper_order(admin: Admin) -> None:
     assert await admin.ok("add_model_links", body) == (
         "Successfully linked model with name 'm' to application 'a'"
     )
-    assert await admin.error("add_model_links", body) == (
-        "The model with name 'm' is already linked to 'a'"
+    assert await admin.ok("add_model_links", body) == (
+        "Model with name 'm' is already linked to application 'a'"
     )
     assert await admin.error("add_model_links", {"app_name": "a", "model_names": ["n"]}) == (
         "A model with name m is already linked to 'a'."
@@ -144,8 +150,9 @@ async def test_link_errors_in_clipper_order(admin: Admin) -> None:
 async def test_model_versions(admin: Admin) -> None:
     await admin.ok("add_model", _model("m", "1"))
     await admin.ok("add_model", _model("m", "2"))
-    assert await admin.error("add_model", _model("m", "2")) == (
-        "model with name 'm' and version '2' already exists"
+    assert await admin.error("add_model", {**_model("m", "2"), "batch_size": 4}) == (
+        "model with name 'm' and version '2' already exists with other settings: deploy it as a "
+        "new version"
     )
     models = await admin.ok("get_all_models", {"verbose": True})
     assert [(m["model_version"], m["is_current_version"]) for m in models] == [
@@ -163,6 +170,13 @@ async def test_model_versions(admin: Admin) -> None:
         "Cannot set version for nonexistent model 'q'"
     )
     assert await admin.ok("get_all_models", {"verbose": False}) == ["m:1", "m:2"]
+    # Added again as it was, a version becomes current again, as adding it made it first.
+    assert await admin.ok("add_model", _model("m", "2")) == (
+        "Model with name 'm' and version '2' already exists with these settings; it is the "
+        "current version"
+    )
+    current = await admin.ok("get_all_models", {"verbose": True})
+    assert [m["model_version"] for m in current if m["is_current_version"]] == ["2"]
     body = {"model_name": "m", "model_version": "1"}
     assert await admin.ok("delete_versioned_model", body) == (
         "Successfully deleted model with name 'm' and version '1'"
