@@ -1,14 +1,19 @@
-"""The benchmark's choice among repeated open-loop runs, what it counts of each, and its
-command line."""
+"""The benchmark's choice among repeated open-loop runs, what it counts of each, its limit
+runs, and its command line."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from bench import workloads
 from bench.loadgen import RunResult
-from bench.run import Row, combine_rounds, median_run
+from bench.run import Row, combine_rounds, measure_limit, median_run
 
 
 def _result(defaults: int, answered_ms: float) -> RunResult:
@@ -110,3 +115,24 @@ def test_rounds_keep_each_row_s_median_round_and_pair_ours_with_each_baseline() 
 def test_one_round_is_left_as_it_ran() -> None:
     rows = [_row("ours", "c=1", 500), _row("echo", "c=1", 2000)]
     assert combine_rounds([rows]) == (rows, [])
+
+
+def test_the_limit_runs_pytorch_with_a_thread_per_core_it_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    seen: list[tuple[int, frozenset[int]]] = []
+
+    def program(batch: Any) -> None:
+        seen.append((torch.get_num_threads(), frozenset(os.sched_getaffinity(0))))
+
+    monkeypatch.setattr(workloads, "build_efficientnet", lambda: program)
+    # As when the benchmark built the MLP with PyTorch first, free to use every core.
+    torch.set_num_threads(4)
+    try:
+        measure_limit("efficientnet", {0}, 0.1)
+        assert seen and set(seen) == {(1, frozenset({0}))}
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)
