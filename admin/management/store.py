@@ -301,16 +301,19 @@ class Store:
             metrics_address=metrics_address,
         )
         await self.refresh_replica(replica, ttl_s)
-        await self.notify_changed("replicas")
         return replica
 
     async def refresh_replica(self, replica: ReplicaRecord, ttl_s: float) -> None:
+        """Writes the record with a new ttl, and announces it when it was not there: new, or
+        gone while the replica lived (Redis restarted after its ttl ran out)."""
         key = _replica_key(replica.model_name, replica.model_version, replica.replica_id)
         data: dict[Any, str] = {k: str(v) for k, v in asdict(replica).items()}
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=data)
             pipe.pexpire(key, int(ttl_s * 1000))
-            await pipe.execute()
+            fields_added, _ = await pipe.execute()
+        if fields_added:
+            await self.notify_changed("replicas")
 
     async def deregister_replica(self, replica: ReplicaRecord) -> None:
         await self._redis.delete(

@@ -221,7 +221,13 @@ def test_a_killed_redis_is_restarted_by_start_clipper_with_nothing_lost(
     repair.start_clipper()
     assert repair.get_query_addr() == clipper_conn.get_query_addr()
     assert repair.get_all_apps() == ["steady"]
-    assert predict(repair, "steady", {"input": _counter(2)})["output"] == 3.0
+    # Down for longer than its ttl (3 s), Redis came back without the replica's record: the
+    # frontend routes to it again once its next heartbeat (every 1 s) writes and announces it.
+    wait_for(
+        lambda: predict(repair, "steady", {"input": _counter(2)})["output"] == 3.0,
+        3.0,
+        "the replica to be routed to again",
+    )
     # The services that kept running use the new Redis: a new app is served.
     create_endpoint(repair, "after", "doubles", lambda xs: [len(x) for x in xs])
     assert predict(repair, "after", {"input": [1.0, 2.0, 3.0]})["output"] == 3

@@ -1,4 +1,5 @@
-"""A replica's registration in a real Redis: listed while entered, gone when it stops."""
+"""A replica's registration in a real Redis: listed while entered, announced when its record
+comes back, gone when it stops."""
 
 from __future__ import annotations
 
@@ -57,3 +58,31 @@ async def test_a_replica_stopping_while_redis_is_down_does_not_wait_out_the_retr
         if process.returncode is None:
             process.terminate()
             await process.wait()
+
+
+async def test_a_record_gone_while_the_replica_runs_comes_back_announced(
+    clean_redis: tuple[str, int],
+) -> None:
+    """As after Redis restarts once the record's ttl ran out: the next heartbeat writes it
+    again and tells the frontends, which would otherwise route around the replica until their
+    periodic resync."""
+    redis = aioredis.Redis(host=clean_redis[0], port=clean_redis[1], decode_responses=True)
+    store = Store(redis)
+
+    async def next_change(pubsub: aioredis.client.PubSub) -> str:
+        # get_message returns None for each subscription confirmation it skips, so it is
+        # asked again until a change comes; the caller bounds the wait.
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None and message["type"] == "message":
+                return str(message["data"])
+
+    try:
+        async with _registration(store) as replica, store.subscribe_changes() as pubsub:
+            await store.deregister_replica(replica)
+            # The deregistration's own announcement, then the heartbeat's.
+            assert await asyncio.wait_for(next_change(pubsub), 2.0) == "replicas"
+            assert await asyncio.wait_for(next_change(pubsub), 2.0) == "replicas"
+            assert [r.address for r in await store.list_replicas()] == ["127.0.0.1:7001"]
+    finally:
+        await redis.aclose()
