@@ -69,7 +69,7 @@ def _source_root() -> Path | None:
 def _source_hash(root: Path) -> str:
     """A digest of everything the project's images are built from."""
     digest = hashlib.sha256()
-    files = [root / "pyproject.toml"]
+    files = [root / "pyproject.toml", root / "setup.py"]
     for package in _SOURCE_PACKAGES:
         files.extend(
             p for p in (root / package).rglob("*")
@@ -186,6 +186,7 @@ class DockerContainerManager(ContainerManager):
         labels: dict[str, str] | None = None,
     ) -> None:
         started = time.monotonic()
+        previous = self._find_image(tag)
         stream = self.docker_client.api.build(
             path=context,
             dockerfile=dockerfile,
@@ -211,6 +212,21 @@ class DockerContainerManager(ContainerManager):
                 tail = "\n".join(output[-_LOG_TAIL_LINES:])
                 raise ClipperException(f"Building image {tag} failed: {chunk['error']}\n{tail}")
         logger.info("Built image %s in %.0f s", tag, time.monotonic() - started)
+        if previous is not None:
+            self._remove_superseded(previous, tag)
+
+    def _remove_superseded(self, previous: Any, tag: str) -> None:
+        """Deletes the image a build took the tag from, or every rebuild would leak its size."""
+        current = self._find_image(tag)
+        if current is None or current.id == previous.id:
+            return
+        try:
+            # By id, with its untagged parents: layers the new image shares stay.
+            self.docker_client.images.remove(previous.id, noprune=False)
+            logger.info("Removed image %s, superseded by the new %s", previous.short_id, tag)
+        except docker.errors.APIError as e:
+            # Still tagged elsewhere or used by a container: it is not ours to delete.
+            logger.info("Kept image %s, superseded by %s: %s", previous.short_id, tag, e)
 
     def closure_base_image(self) -> str:
         """The closure image for this client: its Python minor version and its cloudpickle."""

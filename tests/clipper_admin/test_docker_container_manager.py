@@ -185,6 +185,35 @@ def test_a_kept_version_is_deployed_again_with_new_code_after_stop_all(
     assert conn.get_all_models() == ["rerun:1"]
 
 
+def test_an_image_built_again_under_its_tag_replaces_the_old_one(tmp_path: Path) -> None:
+    cm = _docker_manager(f"rebuild-{uuid.uuid4().hex[:6]}")
+    engine = docker.from_env()
+    model = tmp_path / "model"
+    model.mkdir()
+
+    def build(weights: str) -> Any:
+        (model / "weights.txt").write_text(weights)
+        return engine.images.get(cm.build_model("m", "1", str(model), "python:3.11-slim"))
+
+    try:
+        first = build("first")
+        second = build("second")
+        # Deleted, or every redeploy of a version (and every upgrade) would leak an image.
+        with pytest.raises(docker.errors.ImageNotFound):
+            engine.images.get(first.id)
+        # An image a container still uses is not deleted under it.
+        container = engine.containers.create(second.id, command="true")
+        try:
+            third = build("third")
+            assert engine.images.get(second.id).id == second.id
+        finally:
+            container.remove(force=True)
+            engine.images.remove(second.id)
+        assert third.id != second.id
+    finally:
+        cm.remove_state()
+
+
 def test_a_container_that_crashes_at_start_fails_the_deploy_with_its_log(
     docker_clusters: Callable[..., ClipperConnection],
     tmp_path: Path,
@@ -218,9 +247,10 @@ def test_a_base_image_that_cannot_load_the_closure_fails_at_once(
     assert "base_image='default'" in e.value.msg
 
 
-def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _compose(*args: str, env: dict[str, str], override: Path) -> subprocess.CompletedProcess[str]:
+    files = ["-f", "docker-compose.yml", "-f", str(override)]
     return subprocess.run(
-        ["docker", "compose", "-p", env["CLIPPER_CLUSTER_NAME"], *args],
+        ["docker", "compose", "-p", env["CLIPPER_CLUSTER_NAME"], *files, *args],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -230,7 +260,7 @@ def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-def test_compose_cluster_serves_models_and_prometheus_sees_them() -> None:
+def test_compose_cluster_serves_models_and_prometheus_sees_them(tmp_path: Path) -> None:
     from clipper_admin.container_manager import find_unbound_port
 
     env = {
@@ -240,7 +270,18 @@ def test_compose_cluster_serves_models_and_prometheus_sees_them() -> None:
         "CLIPPER_REDIS_PORT": str(find_unbound_port()),
         "CLIPPER_PROMETHEUS_PORT": str(find_unbound_port()),
     }
-    up = _compose("up", "-d", "--build", env=env)
+    # Images of the test's own, removed after it: built under the file's tags, they would
+    # untag the images DockerContainerManager built there, and leave them on the disk.
+    override = tmp_path / "images.yml"
+    services = ("redis", "management", "query-frontend", "prometheus")
+    override.write_text(
+        "services:\n"
+        + "".join(
+            f"  {s}: {{image: 'clipper-test/{s}:{env['CLIPPER_CLUSTER_NAME']}'}}\n"
+            for s in services
+        )
+    )
+    up = _compose("up", "-d", "--build", env=env, override=override)
     assert up.returncode == 0, up.stderr[-3000:]
     conn = ClipperConnection(DockerContainerManager(cluster_name=env["CLIPPER_CLUSTER_NAME"]))
     try:
@@ -267,7 +308,7 @@ def test_compose_cluster_serves_models_and_prometheus_sees_them() -> None:
         assert series["status"] == "success"
     finally:
         conn.stop_all_model_containers()
-        down = _compose("down", "-v", env=env)
+        down = _compose("down", "-v", "--rmi", "all", env=env, override=override)
         conn.cm.remove_state()  # type: ignore[attr-defined]
         assert down.returncode == 0, down.stderr
 
