@@ -287,21 +287,30 @@ async def test_an_urgent_head_does_not_shrink_the_batch_for_the_queue_behind_it(
 
 
 async def test_doomed_queries_at_the_head_do_not_shrink_the_batch_behind_them() -> None:
-    queue = _queue()
     # Times scaled up fourfold from the milliseconds of a real overload, so that a test
     # process kept off the CPU for a few of them still sees the same choice.
     scale = 4
-    for size in (1, 16, 64, 1, 16, 64, 1, 16, 64):
-        queue.policy.observe(size, scale * (0.002 + 0.0004 * size), True)
-    now = time.monotonic()
-    # As in an overload: the queue spread over the whole budget, 20 to 146 ms left.
-    futures = [_future() for _ in range(64)]
-    deadlines = [now + scale * (0.005 + 0.0005 * i) for i in range(64)]
-    # Admitted as the frontend had admitted them before the overload: this test is about the
-    # batch chosen, and a test process kept off the CPU here would see admission refuse some.
-    for future, deadline in zip(futures, deadlines, strict=True):
-        queue.put(b"q", deadline, future, admitted=True)
-    batch = await queue.take()
+    for _attempt in range(3):
+        queue = _queue()
+        for size in (1, 16, 64, 1, 16, 64, 1, 16, 64):
+            queue.policy.observe(size, scale * (0.002 + 0.0004 * size), True)
+        now = time.monotonic()
+        # As in an overload: the queue spread over the whole budget, 20 to 146 ms left.
+        futures = [_future() for _ in range(64)]
+        deadlines = [now + scale * (0.005 + 0.0005 * i) for i in range(64)]
+        # Admitted as the frontend had admitted them before the overload: this test is about
+        # the batch chosen, and a test process kept off the CPU here would see admission
+        # refuse some.
+        for future, deadline in zip(futures, deadlines, strict=True):
+            queue.put(b"q", deadline, future, admitted=True)
+        try:
+            batch = await asyncio.wait_for(queue.take(), timeout=1.0)
+        except TimeoutError:
+            batch = []  # all shed: the queue rightly waits for more work
+        # A test process kept off the CPU past the most urgent budget (on a busy CI host, a
+        # collection of a large heap) faced another overload than this one: it is run again.
+        if time.monotonic() - now < scale * 0.005:
+            break
     # About 38 queries: those with less budget than that batch takes are shed, and the ones
     # behind them fill it. Counting only the most urgent queries as candidates, as before,
     # chose a batch of 7 and left the rest to expire behind it.
