@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -122,6 +123,20 @@ def predict(conn: ClipperConnection, app: str, body: Any, slash: bool = False) -
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def replica_pids(conn: ClipperConnection, model: str) -> list[int]:
+    """The model processes of an embedded cluster's replicas of a model: each runs under its
+    keeper, whose pid is the one recorded."""
+    directory = Path(conn.cm.cluster_dir) / "replicas" / model  # type: ignore[attr-defined]
+    pids: list[int] = []
+    for path in directory.glob("*/*.json"):
+        try:
+            keeper = psutil.Process(json.loads(path.read_text())["pid"])
+            pids.extend(child.pid for child in keeper.children())
+        except psutil.Error:
+            continue  # a stopped replica
+    return pids
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:

@@ -414,9 +414,18 @@ class LocalContainerManager(ContainerManager):
             "CLIPPER_REDIS_IP": cluster.host,
             "CLIPPER_REDIS_PORT": str(cluster.redis_port),
         }
+        # Under a keeper, which starts the replica again if it dies, as Docker's restart
+        # policy does for a model container; the record is the keeper's.
+        keeper = [
+            sys.executable,
+            "-m",
+            "clipper_admin.keeper",
+            "--ready-fd-env",
+            "CLIPPER_READY_FD",
+        ]
         process, record, ready_fd = spawn(
             f"replica of {name}:{version}",
-            [python, "-m", "model_containers"],
+            [*keeper, "--", python, "-m", "model_containers"],
             self.logs_dir / f"{replica_name}.log",
             env,
             "CLIPPER_READY_FD",

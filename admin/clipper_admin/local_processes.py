@@ -128,24 +128,38 @@ def wait_ready(what: str, read_fd: int, record: ProcessRecord, timeout_s: float)
 
 
 def stop(records: list[ProcessRecord], graceful: bool, timeout_s: float = 15.0) -> None:
-    """SIGTERM (or SIGKILL unless graceful) to each live process; kills what outlives timeout_s."""
+    """SIGTERM (or SIGKILL unless graceful) to each live process; kills what outlives timeout_s.
+
+    A process asked to stop stops what it started (a keeper its replica); a killed one cannot,
+    so a kill goes to its whole process group, which spawn() made its own.
+    """
     processes = []
     for record in records:
         if not record.is_alive():
             continue
         try:
             process = psutil.Process(record.pid)
-            process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+            if graceful:
+                process.send_signal(signal.SIGTERM)
+            else:
+                _kill_group(process)
             processes.append(process)
         except psutil.Error:
             continue
     _, alive = psutil.wait_procs(processes, timeout=timeout_s)
     for process in alive:
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
+        _kill_group(process)
     psutil.wait_procs(alive, timeout=5)
+
+
+def _kill_group(process: psutil.Process) -> None:
+    try:
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+    except (OSError, psutil.Error):
+        pass  # already gone
 
 
 def redis_server_binary() -> str:

@@ -16,17 +16,9 @@ import requests
 
 from clipper_admin import ClipperConnection, ClipperException
 from clipper_admin.deployers.python import create_endpoint
-from tests.conftest import new_connection, predict, wait_for
+from tests.conftest import new_connection, predict, replica_pids, wait_for
 
 NO_MODELS_EXPLANATION = "No connected models found for query"
-
-
-def _replica_pids(conn: ClipperConnection, model: str) -> list[int]:
-    cluster_dir = Path(conn.cm.cluster_dir)  # type: ignore[attr-defined]
-    pids = []
-    for path in (cluster_dir / "replicas" / model).glob("*/*.json"):
-        pids.append(json.loads(path.read_text())["pid"])
-    return pids
 
 
 def _make_wheel(directory: Path, package: str, source: str) -> Path:
@@ -54,27 +46,51 @@ def _counter(i: int) -> list[float]:
     return [float(i), 1.0]
 
 
-def test_killed_last_replica_answers_no_models_then_recovers(
-    clipper_conn: ClipperConnection,
-) -> None:
-    create_endpoint(clipper_conn, "fragile", "doubles", lambda xs: [sum(x) for x in xs])
-    assert predict(clipper_conn, "fragile", {"input": _counter(0)})["output"] == 1.0
-    (pid,) = _replica_pids(clipper_conn, "fragile")
-    os.kill(pid, signal.SIGKILL)
-    killed_at = time.monotonic()
+def test_a_killed_replica_is_started_again_by_itself(clipper_conn: ClipperConnection) -> None:
+    create_endpoint(clipper_conn, "fragile", "doubles", lambda xs: [os.getpid()] * len(xs))
+    (pid,) = replica_pids(clipper_conn, "fragile")
+    assert predict(clipper_conn, "fragile", {"input": _counter(0)})["output"] == pid
+    os.kill(pid, signal.SIGKILL)  # as the OOM killer would
     queries = iter(range(1, 10_000))
+    answers = []
 
-    def answers_no_models() -> bool:
+    def answered_by_another() -> bool:
         response = predict(clipper_conn, "fragile", {"input": _counter(next(queries))})
-        return bool(response.get("default_explanation") == NO_MODELS_EXPLANATION)
+        answers.append(response)
+        return response["default"] is False and response["output"] != pid
 
-    wait_for(answers_no_models, 10, "the dead replica to leave routing")
-    assert time.monotonic() - killed_at < 5
-    assert clipper_conn.get_num_replicas("fragile") == 0
+    wait_for(answered_by_another, 30, "the replica's keeper to start it again")
+    # Meanwhile every query was answered: by the default, with the reason, never an error.
+    gap = [a for a in answers if a["default"]]
+    assert all(a["default_explanation"] == NO_MODELS_EXPLANATION for a in gap)
+    (successor,) = replica_pids(clipper_conn, "fragile")
+    assert answers[-1]["output"] == successor
+    assert clipper_conn.get_num_replicas("fragile") == 1
 
-    clipper_conn.set_num_replicas("fragile", 1)
-    response = predict(clipper_conn, "fragile", {"input": _counter(next(queries))})
-    assert response["default"] is False
+    # A forced stop takes the replica with its keeper: none is left serving.
+    process = psutil.Process(successor)
+    clipper_conn.stop_all(graceful=False)
+    wait_for(lambda: _gone(process), 5, "the replica to stop with its keeper")
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE  # dead, not yet reaped by init
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_scaling_down_stops_replicas_for_good(clipper_conn: ClipperConnection) -> None:
+    create_endpoint(clipper_conn, "scaled", "doubles", lambda xs: [0.0] * len(xs), num_replicas=2)
+    models = [psutil.Process(pid) for pid in replica_pids(clipper_conn, "scaled")]
+    assert len(models) == 2
+    clipper_conn.set_num_replicas("scaled", 1)
+    (kept,) = replica_pids(clipper_conn, "scaled")
+    assert [_gone(m) for m in models] == [m.pid != kept for m in models]
+    time.sleep(1.5)  # longer than a keeper waits to start a replica again
+    # The stopped replica's keeper did not start it again.
+    assert replica_pids(clipper_conn, "scaled") == [kept]
+    assert clipper_conn.get_num_replicas("scaled") == 1
 
 
 def test_replicas_share_the_load(clipper_conn: ClipperConnection) -> None:
@@ -85,7 +101,7 @@ def test_replicas_share_the_load(clipper_conn: ClipperConnection) -> None:
     seen = set()
     for i in range(60):
         seen.add(predict(clipper_conn, "pids", {"input": _counter(i)})["output"])
-    assert seen == set(_replica_pids(clipper_conn, "pids"))
+    assert seen == set(replica_pids(clipper_conn, "pids"))
 
 
 def test_model_that_raises_fails_only_its_batch(clipper_conn: ClipperConnection) -> None:
@@ -239,7 +255,7 @@ def test_a_killed_query_frontend_comes_back_on_its_port_to_the_same_replicas(
     clipper_conn: ClipperConnection,
 ) -> None:
     create_endpoint(clipper_conn, "kept", "doubles", lambda xs: [sum(x) for x in xs])
-    replicas = _replica_pids(clipper_conn, "kept")
+    replicas = replica_pids(clipper_conn, "kept")
     cluster_dir = Path(clipper_conn.cm.cluster_dir)  # type: ignore[attr-defined]
     record = json.loads((cluster_dir / "processes" / "query_frontend.json").read_text())
     frontend = psutil.Process(record["pid"])
@@ -250,4 +266,4 @@ def test_a_killed_query_frontend_comes_back_on_its_port_to_the_same_replicas(
 
     clipper_conn.start_clipper()
     assert predict(clipper_conn, "kept", {"input": _counter(3)})["output"] == 4.0
-    assert _replica_pids(clipper_conn, "kept") == replicas
+    assert replica_pids(clipper_conn, "kept") == replicas

@@ -19,12 +19,7 @@ import psutil
 from clipper_admin import ClipperConnection
 from clipper_admin.deployers.python import create_endpoint
 from query_frontend.predictor import OVERLOADED_EXPLANATION, SLO_EXPLANATION
-from tests.conftest import predict, wait_for
-
-
-def _replica_pids(conn: ClipperConnection, model: str) -> list[int]:
-    directory = Path(conn.cm.cluster_dir) / "replicas" / model  # type: ignore[attr-defined]
-    return [json.loads(p.read_text())["pid"] for p in directory.glob("*/*.json")]
+from tests.conftest import predict, replica_pids, wait_for
 
 
 def _send(conn: ClipperConnection, app: str, body: Any) -> http.client.HTTPConnection:
@@ -68,7 +63,7 @@ def test_a_replica_killed_mid_batch_loses_no_query(clipper_conn: ClipperConnecti
         clipper_conn, "retry", "doubles", slow_pid, slo_micros=20_000_000, num_replicas=2,
         batch_size=5,
     )  # fmt: skip
-    pids = _replica_pids(clipper_conn, "retry")
+    pids = replica_pids(clipper_conn, "retry")
     result: dict[str, Any] = {}
 
     def send() -> None:
@@ -82,7 +77,9 @@ def test_a_replica_killed_mid_batch_loses_no_query(clipper_conn: ClipperConnecti
     sender.join(30)
     outputs = result["response"]["batch_predictions"]
     assert [p["default"] for p in outputs] == [False] * 10
-    assert {p["output"] for p in outputs} == {pids[1]}
+    # Answered by the other replica, or by the killed one's successor that its keeper started.
+    assert pids[0] not in {p["output"] for p in outputs}
+    assert pids[1] in {p["output"] for p in outputs}
 
 
 def _deploy_busy_model(conn: ClipperConnection, app: str) -> None:
