@@ -20,10 +20,23 @@ from model_containers.model import ModelLoadError
 from model_containers.registration import ReplicaRegistration
 from model_containers.server import ModelServicer, ReplicaServer
 from model_containers.settings import ReplicaSettings
+from model_containers.watchdog import PredictWatchdog
 
 logger = logging.getLogger("model_containers")
 
 EXIT_LOAD_FAILED = 3
+EXIT_PREDICT_STUCK = 4
+
+
+def _exit_stuck(ran_s: float) -> None:
+    logger.critical(
+        "predict has run for %.0f s, past CLIPPER_PREDICT_TIMEOUT_S: exiting, so that this "
+        "replica is started anew (the call cannot be interrupted)",
+        ran_s,
+    )
+    logging.shutdown()
+    # Not sys.exit: the stuck call holds a thread that would keep the process alive.
+    os._exit(EXIT_PREDICT_STUCK)
 
 
 async def serve(settings: ReplicaSettings) -> None:
@@ -35,8 +48,11 @@ async def serve(settings: ReplicaSettings) -> None:
     if settings.metrics_port >= 0:
         metrics_port = metrics.serve(settings.host, settings.metrics_port)
         metrics_address = f"{settings.advertise_host}:{metrics_port}"
+    watchdog = None
+    if settings.predict_timeout_s > 0:
+        watchdog = PredictWatchdog(settings.predict_timeout_s, _exit_stuck)
     servicer = ModelServicer(
-        model, settings.model_name, settings.model_version, input_type, metrics
+        model, settings.model_name, settings.model_version, input_type, metrics, watchdog
     )
     server = ReplicaServer(servicer, settings.host, settings.port)
     port = await server.start()

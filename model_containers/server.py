@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import grpc
@@ -18,6 +19,7 @@ from management.input_types import InputType
 from model_containers.batch import BatchContractError, decode_batch, encode_outputs
 from model_containers.metrics import ReplicaMetrics
 from model_containers.model import Model
+from model_containers.watchdog import PredictWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +76,11 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         version: str,
         input_type: InputType,
         metrics: ReplicaMetrics | None = None,
+        watchdog: PredictWatchdog | None = None,
     ) -> None:
         self._model = model
         self._metrics = metrics or ReplicaMetrics()
+        self._watchdog: AbstractContextManager[None] = watchdog or nullcontext()
         self._info = model_pb2.ModelInfo(
             model_name=name,
             model_version=version,
@@ -127,7 +131,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         parsed = time.monotonic()
         metrics.parse_time_ms.observe((parsed - received) * 1e3)
         try:
-            with self._predicting:
+            with self._predicting, self._watchdog:
                 outputs = self._model.predict(inputs)
         except Exception as e:
             logger.exception("predict raised on a batch of %d", len(request.inputs))

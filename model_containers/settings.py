@@ -23,6 +23,11 @@ class ReplicaSettings(BaseSettings):
     heartbeat_interval_s: float = 1.0
     heartbeat_ttl_s: float = 3.0
     shutdown_grace_s: float = 10.0
+    # A predict call that runs longer than this makes the replica exit, to be started anew by
+    # its keeper or Docker: a model stuck in a call would fail every batch sent to it. Longer
+    # than a frontend waits for a batch (its deadline plus 30 s), so that the batch is failed
+    # there, not retried on another replica to get stuck again. 0 turns it off.
+    predict_timeout_s: float = 120.0
     # A pipe the parent passed: "ready <port>" is written to it once the replica serves.
     ready_fd: int | None = None
     log_level: str = "INFO"

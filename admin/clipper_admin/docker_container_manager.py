@@ -407,12 +407,18 @@ class DockerContainerManager(ContainerManager):
     ) -> Container:
         extra = dict(self.extra_container_kwargs)
         all_labels = {**extra.pop("labels", {}), **labels, CLIPPER_DOCKER_LABEL: self.cluster_name}
+        # The user's variables (CLIPPER_PREDICT_TIMEOUT_S, say) join the cluster's own.
+        environment = {
+            **_environment_dict(extra.pop("environment", {})),
+            **kwargs.pop("environment", {}),
+        }
         container: Container = self.docker_client.containers.run(
             image,
             name=name,
             detach=True,
             network_mode="host",
             labels=all_labels,
+            environment=environment,
             # A container that crashes, or whose process is killed, comes back on its ports
             # (Redis with its volume, a replica registering again); one that the cluster
             # stops stays stopped. extra_container_kwargs may set another policy.
@@ -663,6 +669,14 @@ class DockerContainerManager(ContainerManager):
 
     def get_metric_addr(self) -> str:
         return f"{self.docker_ip_address}:{self._require_ports()['prometheus']}"
+
+
+def _environment_dict(environment: dict[str, str] | list[str]) -> dict[str, str]:
+    """docker-py takes a container's environment as a dict or as "NAME=value" strings."""
+    if isinstance(environment, dict):
+        return dict(environment)
+    pairs = (item.partition("=") for item in environment)
+    return {name: value for name, _, value in pairs}
 
 
 @contextmanager

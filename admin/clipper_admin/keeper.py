@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return keeper.run()
+    returncode = keeper.run()
+    # A replica ended by a signal: the shell's code for it (143 for SIGTERM), not -15 & 0xff.
+    return 128 - returncode if returncode < 0 else returncode
 
 
 if __name__ == "__main__":

@@ -125,7 +125,8 @@ def test_containers_follow_the_replica_count(
     docker_clusters: Callable[..., ClipperConnection],
 ) -> None:
     name = f"scale-{uuid.uuid4().hex[:6]}"
-    conn = docker_clusters(name, num_frontend_replicas=2)
+    env = {"environment": {"CLIPPER_PREDICT_TIMEOUT_S": "60"}}
+    conn = docker_clusters(name, {"extra_container_kwargs": env}, num_frontend_replicas=2)
     services = _running(name)
     assert len(services) == 4  # redis, management, query frontend, prometheus
     # The frontend container runs a supervisor and 2 workers sharing the port.
@@ -134,6 +135,10 @@ def test_containers_follow_the_replica_count(
     create_endpoint(conn, "echo", "doubles", lambda xs: [x[0] for x in xs], num_replicas=2)
     model_label = {"ai.clipper.model_container.label": "echo_1"}
     assert len(_running(name, **model_label)) == 2
+    for replica in _running(name, **model_label):
+        variables = replica.attrs["Config"]["Env"]
+        assert "CLIPPER_PREDICT_TIMEOUT_S=60" in variables  # the user's, beside the cluster's
+        assert "CLIPPER_MODEL_NAME=echo" in variables
     conn.set_num_replicas("echo", 4)
     assert len(_running(name, **model_label)) == 4
     wait_for(lambda: len(conn.get_all_model_replicas()) == 4, 10, "4 registered replicas")

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from tests.conftest import wait_for
 
 
@@ -40,6 +42,7 @@ def test_a_command_that_exits_is_started_again_after_a_growing_delay(tmp_path: P
         # 0.1 s, doubled each time: a command that keeps exiting is not run in a tight loop.
         assert all(gap >= 0.1 * 2**i for i, gap in enumerate(gaps)), gaps
         # Asked to stop while it waits 3.2 s to start the command again: it stops at once.
+        wait_for(lambda: not psutil.Process(keeper.pid).children(), 3, "the sixth run's end")
         asked = time.monotonic()
         keeper.send_signal(signal.SIGTERM)
         assert keeper.wait(10) == 0

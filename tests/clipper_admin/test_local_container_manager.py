@@ -80,6 +80,35 @@ def _gone(process: psutil.Process) -> bool:
         return True
 
 
+def test_a_replica_stuck_in_predict_is_started_anew(
+    clipper_conn: ClipperConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLIPPER_PREDICT_TIMEOUT_S", "2")  # replicas get this process's env
+
+    def hangs_on_negatives(xs: np.ndarray) -> list[int]:
+        import threading
+
+        if (xs < 0).any():
+            threading.Event().wait()  # a deadlock: nothing will ever set it
+        return [os.getpid()] * len(xs)
+
+    create_endpoint(clipper_conn, "stuck", "doubles", hangs_on_negatives, slo_micros=500_000)
+    (pid,) = replica_pids(clipper_conn, "stuck")
+    assert predict(clipper_conn, "stuck", {"input": [1.0]})["output"] == pid
+    assert predict(clipper_conn, "stuck", {"input": [-1.0]})["default"] is True
+    queries = iter(range(2, 10_000))
+
+    def answered_by_another() -> bool:
+        response = predict(clipper_conn, "stuck", {"input": [float(next(queries))]})
+        return response["default"] is False and response["output"] != pid
+
+    wait_for(answered_by_another, 30, "the stuck replica to be replaced")
+    logs = Path(clipper_conn.cm.cluster_dir) / "logs"  # type: ignore[attr-defined]
+    text = "".join(log.read_text() for log in logs.glob("stuck_1-*.log"))
+    assert "past CLIPPER_PREDICT_TIMEOUT_S" in text
+    assert "exited with code 4" in text
+
+
 def test_scaling_down_stops_replicas_for_good(clipper_conn: ClipperConnection) -> None:
     create_endpoint(clipper_conn, "scaled", "doubles", lambda xs: [0.0] * len(xs), num_replicas=2)
     models = [psutil.Process(pid) for pid in replica_pids(clipper_conn, "scaled")]
