@@ -48,6 +48,19 @@ CLUSTER_FILE = "cluster.json"
 _SERVICES = ("query_frontend", "management", "redis")
 
 
+def _kept(
+    argv: list[str], ready_fd_env: str | None = None, port_arg: str | None = None
+) -> list[str]:
+    """argv under a keeper, which starts it again if it dies, as Docker's restart policy does
+    for a container; a process record is the keeper's."""
+    keeper = [sys.executable, "-m", "clipper_admin.keeper"]
+    if ready_fd_env is not None:
+        keeper += ["--ready-fd-env", ready_fd_env]
+    if port_arg is not None:
+        keeper.append(f"--port-arg={port_arg}")  # one word: its value starts with "--"
+    return [*keeper, "--", *argv]
+
+
 def _free_or_zero(port: int, host: str) -> int:
     """The requested port if it is free now, else 0 (the service then picks one)."""
     return port if port and find_unbound_port(port, host) == port else 0
@@ -223,7 +236,7 @@ class LocalContainerManager(ContainerManager):
             "--save", "",
             "--notify-keyspace-events", "Ex",
         ]  # fmt: skip
-        _, record, _ = spawn("redis", argv, self.logs_dir / "redis.log")
+        _, record, _ = spawn("redis", _kept(argv), self.logs_dir / "redis.log")
         record.save(self._service_record_path("redis"))
         self._wait_for_redis(cluster, record)
 
@@ -257,7 +270,7 @@ class LocalContainerManager(ContainerManager):
         child_env = {**os.environ, **env}
         process, record, ready_fd = spawn(
             service,
-            [sys.executable, "-m", module, *args],
+            _kept([sys.executable, "-m", module, *args], ready_env, port_arg="--port"),
             self.logs_dir / f"{service}.log",
             child_env,
             ready_env,
@@ -414,18 +427,9 @@ class LocalContainerManager(ContainerManager):
             "CLIPPER_REDIS_IP": cluster.host,
             "CLIPPER_REDIS_PORT": str(cluster.redis_port),
         }
-        # Under a keeper, which starts the replica again if it dies, as Docker's restart
-        # policy does for a model container; the record is the keeper's.
-        keeper = [
-            sys.executable,
-            "-m",
-            "clipper_admin.keeper",
-            "--ready-fd-env",
-            "CLIPPER_READY_FD",
-        ]
         process, record, ready_fd = spawn(
             f"replica of {name}:{version}",
-            [*keeper, "--", python, "-m", "model_containers"],
+            _kept([python, "-m", "model_containers"], "CLIPPER_READY_FD"),
             self.logs_dir / f"{replica_name}.log",
             env,
             "CLIPPER_READY_FD",

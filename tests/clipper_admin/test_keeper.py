@@ -75,28 +75,34 @@ def test_a_stop_is_passed_on_and_the_keeper_exits_with_its_command(tmp_path: Pat
     assert _lines(events) == ["started", "stopped"]  # not started again
 
 
-def test_only_the_first_run_gets_the_readiness_pipe(tmp_path: Path) -> None:
+def test_the_first_run_is_ready_for_the_parent_and_later_runs_keep_its_port(
+    tmp_path: Path,
+) -> None:
     runs = tmp_path / "runs"
+    # A service asked for port 0 binds one the OS gives it (5123 here), and reports it.
     script = (
         "import os, sys\n"
-        "fd = os.environ.get('READY_FD')\n"
-        f"open({str(runs)!r}, 'a').write(('pipe' if fd else 'none') + '\\n')\n"
-        "if fd: os.write(int(fd), b'ready 1\\n')\n"
+        "port = sys.argv[sys.argv.index('--port') + 1]\n"
+        f"open({str(runs)!r}, 'a').write(port + '\\n')\n"
+        "bound = '5123' if port == '0' else port\n"
+        "os.write(int(os.environ['READY_FD']), f'ready {bound}\\n'.encode())\n"
         "sys.exit(1)\n"
     )
     read_fd, write_fd = os.pipe()
     env = {**os.environ, "READY_FD": str(write_fd)}
-    keeper = _keeper(
-        sys.executable, "-c", script, ready_fd_env="READY_FD", env=env, pass_fds=(write_fd,)
-    )
+    keeper = subprocess.Popen(
+        [sys.executable, "-m", "clipper_admin.keeper", "--ready-fd-env", "READY_FD",
+         "--port-arg=--port", "--", sys.executable, "-c", script, "--port", "0"],
+        stderr=subprocess.PIPE, env=env, pass_fds=(write_fd,),
+    )  # fmt: skip
     os.close(write_fd)
     try:
         with os.fdopen(read_fd, "rb") as ready:
             # The ready line, then the end of the pipe once the first run exited: whoever
-            # waits on it learns that the replica died, and is not left waiting.
-            assert ready.read() == b"ready 1\n"
-        wait_for(lambda: len(_lines(runs)) >= 2, 10, "a second run")
-        assert _lines(runs)[:2] == ["pipe", "none"]
+            # waits on it learns that the process died, and is not left waiting.
+            assert ready.read() == b"ready 5123\n"
+        wait_for(lambda: len(_lines(runs)) >= 3, 10, "three runs")
+        assert _lines(runs)[:3] == ["0", "5123", "5123"]
     finally:
         keeper.kill()
         keeper.communicate()

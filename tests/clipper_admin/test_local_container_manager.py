@@ -235,17 +235,50 @@ def test_connect_from_another_process_sees_the_cluster(
     assert other.get_query_addr() == clipper_conn.get_query_addr()
 
 
-def _redis_process(conn: ClipperConnection) -> psutil.Process:
-    port = int(conn.cm.get_redis_addr().rsplit(":", 1)[1])  # type: ignore[attr-defined]
-    for process in psutil.process_iter(["cmdline"]):
-        # Redis sets its title to "redis-server host:port"; until then it is its argv.
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "redis-server" in cmdline and (f":{port}" in cmdline or f" {port} " in cmdline):
-            return process
-    raise AssertionError(f"no redis-server on port {port}")
+def _keeper(conn: ClipperConnection, service: str) -> psutil.Process:
+    """The keeper of one of the cluster's services: its record names the keeper."""
+    cluster_dir = Path(conn.cm.cluster_dir)  # type: ignore[attr-defined]
+    record = json.loads((cluster_dir / "processes" / f"{service}.json").read_text())
+    return psutil.Process(record["pid"])
 
 
-def test_a_killed_redis_is_restarted_by_start_clipper_with_nothing_lost(
+def _kill_with_keeper(conn: ClipperConnection, service: str) -> None:
+    """As if the service and its keeper both died: nothing starts it again by itself."""
+    keeper = _keeper(conn, service)
+    os.killpg(keeper.pid, signal.SIGKILL)
+    keeper.wait(10)
+
+
+@pytest.mark.parametrize("service", ["redis", "management", "query_frontend"])
+def test_a_killed_service_comes_back_by_itself_on_its_port(
+    clipper_conn: ClipperConnection, service: str
+) -> None:
+    create_endpoint(clipper_conn, "steady", "doubles", lambda xs: [sum(x) for x in xs])
+    assert predict(clipper_conn, "steady", {"input": _counter(0)})["output"] == 1.0
+    addresses = (clipper_conn.get_query_addr(), clipper_conn.cm.get_admin_addr())
+    (process,) = _keeper(clipper_conn, service).children()
+    process.kill()  # as the OOM killer would
+    process.wait(10)
+    queries = iter(range(1, 10_000))
+
+    def serves_again() -> bool:
+        try:
+            apps = clipper_conn.get_all_apps()
+            response = predict(clipper_conn, "steady", {"input": _counter(next(queries))})
+        except (ClipperException, requests.ConnectionError):
+            return False  # until it is back: the frontend or the admin API is down
+        return apps == ["steady"] and response["default"] is False
+
+    wait_for(serves_again, 15, f"{service} to come back")
+    (successor,) = _keeper(clipper_conn, service).children()
+    assert successor.pid != process.pid
+    # On the ports its clients know, with nothing lost; a new app is served.
+    assert (clipper_conn.get_query_addr(), clipper_conn.cm.get_admin_addr()) == addresses
+    create_endpoint(clipper_conn, "after", "doubles", lambda xs: [len(x) for x in xs])
+    assert predict(clipper_conn, "after", {"input": [1.0, 2.0, 3.0]})["output"] == 3
+
+
+def test_a_redis_killed_with_its_keeper_is_restarted_by_start_clipper_with_nothing_lost(
     clipper_conn: ClipperConnection,
 ) -> None:
     create_endpoint(clipper_conn, "steady", "doubles", lambda xs: [sum(x) for x in xs])
@@ -253,7 +286,7 @@ def test_a_killed_redis_is_restarted_by_start_clipper_with_nothing_lost(
     # on serving what it knew when Redis died.
     assert predict(clipper_conn, "steady", {"input": _counter(0)})["output"] == 1.0
     cluster_dir = Path(clipper_conn.cm.cluster_dir)  # type: ignore[attr-defined]
-    _redis_process(clipper_conn).kill()
+    _kill_with_keeper(clipper_conn, "redis")
 
     # Queries go on from the state the frontend holds; admin calls say what is missing.
     assert predict(clipper_conn, "steady", {"input": _counter(1)})["output"] == 2.0
@@ -280,16 +313,12 @@ def test_a_killed_redis_is_restarted_by_start_clipper_with_nothing_lost(
         new_connection(cluster_dir).start_clipper()
 
 
-def test_a_killed_query_frontend_comes_back_on_its_port_to_the_same_replicas(
+def test_a_query_frontend_killed_with_its_keeper_comes_back_on_its_port_to_the_same_replicas(
     clipper_conn: ClipperConnection,
 ) -> None:
     create_endpoint(clipper_conn, "kept", "doubles", lambda xs: [sum(x) for x in xs])
     replicas = replica_pids(clipper_conn, "kept")
-    cluster_dir = Path(clipper_conn.cm.cluster_dir)  # type: ignore[attr-defined]
-    record = json.loads((cluster_dir / "processes" / "query_frontend.json").read_text())
-    frontend = psutil.Process(record["pid"])
-    frontend.kill()
-    frontend.wait(10)
+    _kill_with_keeper(clipper_conn, "query_frontend")
     with pytest.raises(requests.ConnectionError):
         requests.post(f"http://{clipper_conn.get_query_addr()}/kept/predict", timeout=5)
 
