@@ -55,7 +55,7 @@ class Keeper:
         self._reported_port: str | None = None
 
     def stop(self) -> None:
-        """Stops the replica and the keeper; safe to call from a signal handler."""
+        """Stops the process and the keeper; safe to call from a signal handler."""
         self._stopping.set()
         child = self._child
         if child is not None and child.poll() is None:
@@ -72,7 +72,8 @@ class Keeper:
             if ran_s >= STABLE_AFTER_S:
                 delay_s = FIRST_DELAY_S
             logger.warning(
-                "The replica exited with code %d after %.1f s: starting it again in %.1f s",
+                "%s exited with code %d after %.1f s: starting it again in %.1f s",
+                " ".join(self.argv[:3]),
                 returncode,
                 ran_s,
                 delay_s,
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     returncode = keeper.run()
-    # A replica ended by a signal: the shell's code for it (143 for SIGTERM), not -15 & 0xff.
+    # A process ended by a signal: the shell's code for it (143 for SIGTERM), not -15 & 0xff.
     return 128 - returncode if returncode < 0 else returncode
 
 

@@ -35,6 +35,7 @@ from clipper_admin.container_manager import (
 from clipper_admin.exceptions import ClipperException
 from clipper_admin.local_processes import (
     ProcessRecord,
+    has_ended,
     log_tail,
     redis_server_binary,
     spawn,
@@ -46,19 +47,6 @@ logger = logging.getLogger(__name__)
 
 CLUSTER_FILE = "cluster.json"
 _SERVICES = ("query_frontend", "management", "redis")
-
-
-def _kept(
-    argv: list[str], ready_fd_env: str | None = None, port_arg: str | None = None
-) -> list[str]:
-    """argv under a keeper, which starts it again if it dies, as Docker's restart policy does
-    for a container; a process record is the keeper's."""
-    keeper = [sys.executable, "-m", "clipper_admin.keeper"]
-    if ready_fd_env is not None:
-        keeper += ["--ready-fd-env", ready_fd_env]
-    if port_arg is not None:
-        keeper.append(f"--port-arg={port_arg}")  # one word: its value starts with "--"
-    return [*keeper, "--", *argv]
 
 
 def _free_or_zero(port: int, host: str) -> int:
@@ -236,16 +224,24 @@ class LocalContainerManager(ContainerManager):
             "--save", "",
             "--notify-keyspace-events", "Ex",
         ]  # fmt: skip
-        _, record, _ = spawn("redis", _kept(argv), self.logs_dir / "redis.log")
+        # Redis never writes to the pipe: its end of file says that Redis exited before it
+        # answered, which its keeper would only start again to fail again.
+        _, record, run_fd = spawn(
+            "redis", argv, self.logs_dir / "redis.log", ready_fd_env="CLIPPER_REDIS_RUN_FD"
+        )
+        assert run_fd is not None
         record.save(self._service_record_path("redis"))
-        self._wait_for_redis(cluster, record)
+        try:
+            self._wait_for_redis(cluster, record, run_fd)
+        finally:
+            os.close(run_fd)
 
-    def _wait_for_redis(self, cluster: _Cluster, record: ProcessRecord) -> None:
+    def _wait_for_redis(self, cluster: _Cluster, record: ProcessRecord, run_fd: int) -> None:
         client = redis.Redis(host=cluster.host, port=cluster.redis_port, socket_timeout=1.0)
         deadline = time.monotonic() + self.start_timeout_s
         try:
             # Redis offers no readiness signal: retry PING while it starts or loads its file.
-            while time.monotonic() < deadline and record.is_alive():
+            while time.monotonic() < deadline and not has_ended(run_fd):
                 try:
                     client.ping()
                     return
@@ -270,10 +266,11 @@ class LocalContainerManager(ContainerManager):
         child_env = {**os.environ, **env}
         process, record, ready_fd = spawn(
             service,
-            _kept([sys.executable, "-m", module, *args], ready_env, port_arg="--port"),
+            [sys.executable, "-m", module, *args],
             self.logs_dir / f"{service}.log",
             child_env,
             ready_env,
+            port_arg="--port",
         )
         self._children.append(process)
         record.save(self._service_record_path(service))
@@ -429,7 +426,7 @@ class LocalContainerManager(ContainerManager):
         }
         process, record, ready_fd = spawn(
             f"replica of {name}:{version}",
-            _kept([python, "-m", "model_containers"], "CLIPPER_READY_FD"),
+            [python, "-m", "model_containers"],
             self.logs_dir / f"{replica_name}.log",
             env,
             "CLIPPER_READY_FD",

@@ -8,6 +8,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,12 +67,21 @@ def spawn(
     log_path: Path,
     env: dict[str, str] | None = None,
     ready_fd_env: str | None = None,
+    port_arg: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], ProcessRecord, int | None]:
-    """Starts a process in its own session, logging to log_path.
+    """Starts argv under a keeper, in a session of its own, logging to log_path.
 
-    With ready_fd_env, the child gets the write end of a pipe in that variable; the read end is
-    returned for wait_ready().
+    The keeper (clipper_admin.keeper) starts argv again whenever it exits unasked, as Docker's
+    restart policy does for a container; the record returned is the keeper's. With ready_fd_env,
+    the process gets the write end of a pipe in that variable, and the read end is returned for
+    wait_ready(). With port_arg, runs after the first get the port it reported as that flag.
     """
+    keeper = [sys.executable, "-m", "clipper_admin.keeper"]
+    if ready_fd_env is not None:
+        keeper += ["--ready-fd-env", ready_fd_env]
+    if port_arg is not None:
+        keeper.append(f"--port-arg={port_arg}")  # one word: its value starts with "--"
+    argv = [*keeper, "--", *argv]
     child_env = dict(os.environ if env is None else env)
     read_fd = write_fd = None
     pass_fds: tuple[int, ...] = ()
@@ -92,12 +102,19 @@ def spawn(
                 start_new_session=True,
             )
         except OSError as e:
-            raise ClipperException(f"Could not start {what} ({argv[0]}): {e}") from e
+            raise ClipperException(f"Could not start {what} ({' '.join(argv)}): {e}") from e
         finally:
             if write_fd is not None:
                 os.close(write_fd)
     record = ProcessRecord(process.pid, psutil.Process(process.pid).create_time(), str(log_path))
     return process, record, read_fd
+
+
+def has_ended(read_fd: int) -> bool:
+    """Whether the process holding the other end of a readiness pipe has exited (end of file),
+    without waiting: for a process that never writes to it, such as Redis."""
+    readable, _, _ = select.select([read_fd], [], [], 0)
+    return bool(readable) and not os.read(read_fd, 1024)
 
 
 def wait_ready(what: str, read_fd: int, record: ProcessRecord, timeout_s: float) -> str:

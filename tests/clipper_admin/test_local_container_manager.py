@@ -193,6 +193,23 @@ def test_build_with_pkgs_to_install_uses_its_own_environment(
     assert predict(clipper_conn, "withpkg", {"input": [1.0]})["output"] == 42
 
 
+def test_a_redis_that_cannot_start_fails_start_clipper_at_once_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "redis-server"
+    fake.write_text("#!/bin/sh\necho 'FATAL CONFIG FILE ERROR: bad directive'\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    conn = new_connection(tmp_path / "cluster")
+    started = time.monotonic()
+    with pytest.raises(ClipperException, match=r"(?s)Redis did not start.*FATAL CONFIG FILE"):
+        conn.start_clipper()
+    # Not restarted by its keeper until start_timeout_s (60 s) ran out: it exited at once.
+    assert time.monotonic() - started < 30
+
+
 def test_missing_package_fails_the_deploy_with_the_cause(
     clipper_conn: ClipperConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
