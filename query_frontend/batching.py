@@ -627,17 +627,27 @@ class ReplicaClient:
         """Sends one batch and waits for its answer; raises BatchRejected if the batch failed
         and grpc.aio.AioRpcError if the replica is unreachable."""
         request = encode_predict_request(int(input_type), items)
-        if self._stream is None:
-            self._stream = self._open_stream()
         stream = self._stream
         try:
-            await stream.write(request)
+            if stream is not None:
+                try:
+                    await _write(stream, request)
+                except grpc.aio.AioRpcError:
+                    # The stream ended while idle: the replica was restarted or its connection
+                    # dropped, and the batch never reached it. A new stream tells which: it
+                    # fails with UNAVAILABLE if nothing serves the address.
+                    stream.cancel()
+                    stream = None
+            if stream is None:
+                stream = self._stream = self._open_stream()
+                await _write(stream, request)
             async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
                 response = await stream.read()
         except BaseException:
             # A stream in an unknown state is not reused: the next batch opens a new one.
             self._stream = None
-            stream.cancel()
+            if stream is not None:
+                stream.cancel()
             raise
         if response is grpc.aio.EOF:
             self._stream = None
@@ -747,6 +757,12 @@ class ReplicaWorker:
                 return False
             _fail(batch, rpc_error.details() or rpc_error.code().name)
             return True
+        except Exception as unexpected:
+            # A worker that died here would leave its replica listed and its queue waiting on
+            # it, and every query routed to it would get the default at its SLO.
+            logger.exception("batch to replica %s failed", self.replica_key)
+            _fail(batch, f"{type(unexpected).__name__}: {unexpected}")
+            return True
         if len(response.outputs) != len(batch):
             _fail(
                 batch, f"replica returned {len(response.outputs)} outputs for {len(batch)} inputs"
@@ -772,6 +788,19 @@ class ReplicaWorker:
             BatchStats(len(batch), finished - started, late),
         )
         return True
+
+
+async def _write(stream: Any, request: bytes) -> None:
+    """Writes one request; raises grpc.aio.AioRpcError with the stream's status if it had ended
+    (gRPC raises asyncio.InvalidStateError, which does not say why: UNAVAILABLE for a replica
+    that died)."""
+    try:
+        await stream.write(request)
+    except asyncio.InvalidStateError:
+        code = await stream.code()
+        raise grpc.aio.AioRpcError(
+            code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=await stream.details()
+        ) from None
 
 
 def _fail(batch: list[Query], message: str) -> None:
