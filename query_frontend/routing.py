@@ -158,6 +158,8 @@ class ClusterWatcher:
         self.synced = asyncio.Event()
         self._generation = -1
         self._refresh_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
@@ -181,14 +183,25 @@ class ClusterWatcher:
         except (aioredis.RedisError, OSError, TimeoutError) as e:
             logger.warning("could not check the cluster state: %s", str(e) or "timed out")
 
-    async def run(self) -> None:
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="cluster-watcher")
+
+    async def stop(self) -> None:
+        # The flag as well as the cancellation: redis-py's pubsub can swallow a cancellation
+        # that lands while it reads a pending message, and the watcher would go on for ever.
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+    async def _run(self) -> None:
         backoff_s = 0.1
-        while True:
+        while not self._stopping:
             try:
                 async with self._store.subscribe_changes() as pubsub:
                     await self.refresh()
                     backoff_s = 0.1
-                    while True:
+                    while not self._stopping:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=self._resync_interval_s
                         )
@@ -200,6 +213,9 @@ class ClusterWatcher:
                         await self.refresh()
             except (aioredis.RedisError, OSError) as e:
                 logger.warning("lost Redis (%s); reconnecting in %.1fs", e, backoff_s)
+            except Exception:
+                # A watcher that died here would leave routing frozen at its last state.
+                logger.exception("could not apply the cluster state; retrying in %.1fs", backoff_s)
             # Not inside the except block: compiled, this coroutine would stay the thread's
             # handler of the error while it sleeps, and every exception that the loop's other
             # callbacks raised meanwhile would get it as its __context__.

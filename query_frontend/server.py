@@ -158,15 +158,11 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
     registry.histogram("internal:rpc_request_queueing_delay")
 
     async def cluster_sync(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(watcher.run(), name="cluster-watcher")
+        watcher.start()
         await peers.start()
         yield
         await peers.close()
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        await watcher.stop()
         await router.close()
         await redis.aclose()
 

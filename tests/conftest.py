@@ -21,6 +21,9 @@ from clipper_admin.container_manager import find_unbound_port
 from clipper_admin.local_processes import redis_server_binary
 from query_frontend.native import stale_modules
 
+# The default's explanation while a model has no replica to answer (Clipper's wording).
+NO_MODELS_EXPLANATION = "No connected models found for query"
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # A compiled module shadows its source: tests of an edited source would run the old build.

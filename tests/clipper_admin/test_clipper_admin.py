@@ -12,10 +12,9 @@ import requests
 
 from clipper_admin import ClipperConnection, ClipperException, UnconnectedException
 from clipper_admin.deployers.python import create_endpoint, deploy_python_closure
-from tests.conftest import predict, wait_for
+from tests.conftest import NO_MODELS_EXPLANATION, predict, wait_for
 
 SLO_EXPLANATION = "Failed to retrieve a prediction response within the specified latency SLO"
-NO_MODELS_EXPLANATION = "No connected models found for query"
 
 
 def test_register_model_correct(clipper_conn: ClipperConnection) -> None:

@@ -23,7 +23,7 @@ from clipper_admin import (
 )
 from clipper_admin.container_manager import CLIPPER_DOCKER_LABEL, CLIPPER_MODEL_CONTAINER_LABEL
 from clipper_admin.deployers.python import create_endpoint, deploy_python_closure
-from tests.conftest import predict, wait_for
+from tests.conftest import NO_MODELS_EXPLANATION, predict, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("docker_engine")
@@ -393,12 +393,18 @@ def test_a_killed_replica_or_redis_container_comes_back_by_itself(
     (replica,) = _running(cluster, **{CLIPPER_MODEL_CONTAINER_LABEL: "phoenix_1"})
     _kill_main_process(replica)
     queries = iter(range(3, 10_000))
+    answers = []
 
     def answered() -> bool:
         response = predict(conn, "phoenix", {"input": [1.0] * next(queries)})
+        answers.append(response)
         return response["default"] is False
 
     wait_for(answered, 60, "the killed replica to be restarted and serve again")
+    # Until then every query got the default with the reason, at once: none was held for its
+    # SLO by a batch written to the dead replica's stream.
+    gap = [a["default_explanation"] for a in answers if a["default"]]
+    assert set(gap) <= {NO_MODELS_EXPLANATION}, gap
     replica.reload()
     assert replica.attrs["RestartCount"] >= 1
     assert conn.cm.get_num_replicas("phoenix", "1") == 1

@@ -16,9 +16,7 @@ import requests
 
 from clipper_admin import ClipperConnection, ClipperException
 from clipper_admin.deployers.python import create_endpoint
-from tests.conftest import new_connection, predict, replica_pids, wait_for
-
-NO_MODELS_EXPLANATION = "No connected models found for query"
+from tests.conftest import NO_MODELS_EXPLANATION, new_connection, predict, replica_pids, wait_for
 
 
 def _make_wheel(directory: Path, package: str, source: str) -> Path:

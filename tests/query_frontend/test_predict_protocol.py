@@ -421,7 +421,7 @@ async def test_other_routes_are_answered_while_the_cluster_watcher_has_lost_redi
     # meanwhile were dropped unanswered (27 of 623 /healthz requests with Redis killed).
     redis = aioredis.Redis(port=find_unbound_port(), retry=Retry(NoBackoff(), 0))
     watcher = ClusterWatcher(Store(redis), lambda state: None, resync_interval_s=1.0)
-    watching = asyncio.create_task(watcher.run())
+    watcher.start()
     try:
         for _ in range(40):
             reader, writer = await _connect(served)
@@ -431,5 +431,5 @@ async def test_other_routes_are_answered_while_the_cluster_watcher_has_lost_redi
             writer.close()
             await asyncio.sleep(0.01)
     finally:
-        watching.cancel()
+        await watcher.stop()
         await redis.aclose()

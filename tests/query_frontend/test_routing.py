@@ -1,13 +1,16 @@
-"""The cluster watcher with its Redis gone: a query it checks for is not held for long."""
+"""The cluster watcher: a query it checks for is not held long without Redis, and a state it
+cannot apply does not stop it."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import pytest
 import redis.asyncio as aioredis
 
 from clipper_admin.container_manager import find_unbound_port
-from management.store import Store
+from management.store import ClusterState, Store
 from query_frontend.routing import ClusterWatcher
 
 
@@ -20,5 +23,57 @@ async def test_a_check_for_a_newer_state_gives_up_after_a_second_without_redis()
         await watcher.ensure_fresh()
         assert time.monotonic() - started < 2.5
         assert not watcher.synced.is_set()
+    finally:
+        await redis.aclose()
+
+
+async def test_a_state_that_cannot_be_applied_does_not_stop_the_watcher(
+    redis_server: tuple[str, int],
+) -> None:
+    host, port = redis_server
+    redis = aioredis.Redis(host=host, port=port)
+    applied: list[int] = []
+
+    def apply(state: ClusterState) -> None:
+        applied.append(state.generation)
+        if len(applied) == 1:
+            raise ValueError("a record this frontend cannot read")
+
+    watcher = ClusterWatcher(Store(redis), apply, resync_interval_s=60.0)
+    watcher.start()
+    try:
+        # After its backoff it reads the state again, rather than routing by a frozen one.
+        async with asyncio.timeout(5):
+            await watcher.synced.wait()
+        assert applied[1:]
+    finally:
+        async with asyncio.timeout(5):
+            await watcher.stop()
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("after_applies", [1, 2, 3])
+async def test_the_watcher_stops_whatever_it_was_reading(
+    redis_server: tuple[str, int], after_applies: int
+) -> None:
+    # Stopped while it reads the state, or right after: once the first state is read, its
+    # subscription's confirmations arrive and each is followed by a read of its own.
+    host, port = redis_server
+    redis = aioredis.Redis(host=host, port=port)
+    applied = asyncio.Event()
+    count = 0
+
+    def apply(state: ClusterState) -> None:
+        nonlocal count
+        count += 1
+        if count == after_applies:
+            applied.set()
+
+    watcher = ClusterWatcher(Store(redis), apply, resync_interval_s=60.0)
+    watcher.start()
+    try:
+        async with asyncio.timeout(5):
+            await applied.wait()
+            await watcher.stop()
     finally:
         await redis.aclose()
