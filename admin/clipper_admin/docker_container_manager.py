@@ -38,7 +38,7 @@ from clipper_admin.container_manager import (
     CLIPPER_MODEL_CONTAINER_LABEL,
     CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL,
     ContainerManager,
-    find_unbound_port,
+    find_unbound_ports,
 )
 from clipper_admin.exceptions import ClipperException
 from clipper_admin.version import __registry__, __version__
@@ -332,7 +332,9 @@ class DockerContainerManager(ContainerManager):
         prometheus_image = self._infra_image(
             f"{__registry__}/prometheus:{__version__}", "admin/prometheus.Dockerfile"
         )
-        ports = {name: find_unbound_port(port) for name, port in self._requested.items()}
+        ports = dict(
+            zip(self._requested, find_unbound_ports(list(self._requested.values())), strict=True)
+        )
         port_labels = {
             CLIPPER_QUERY_PORT_LABEL: str(ports["query"]),
             CLIPPER_MANAGEMENT_PORT_LABEL: str(ports["management"]),
@@ -568,8 +570,7 @@ class DockerContainerManager(ContainerManager):
             return
         logger.info("Found %d replicas for %s:%s. Adding %d", len(current), name, version, to_add)
         for i in range(to_add):
-            grpc_port = find_unbound_port()
-            metrics_port = find_unbound_port()
+            grpc_port, metrics_port = find_unbound_ports([None, None])
             host = "127.0.0.1"
             try:
                 self._run(
