@@ -6,6 +6,7 @@ import asyncio
 import random
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -460,13 +461,7 @@ async def test_the_replies_of_a_costly_batch_go_out_before_the_next_batch_is_tak
         time.sleep(0.01)  # a costly batch: the replica would take the core for this long
         return [str(float(x[0])) for x in xs]
 
-    with (tmp_path / "func.pkl").open("wb") as f:
-        cloudpickle.dump(model, f)
-    ModelManifest(runtime="python_closure").write(tmp_path)
-    loaded = create_model(tmp_path)
-    loaded.load()
-    server = ReplicaServer(ModelServicer(loaded, "m", "1", InputType.DOUBLES), "127.0.0.1", 0)
-    port = await server.start()
+    server, port = await _serve(_save_closure(tmp_path / "model", model))
     queue = _queue(batch_size=4)
     queued_at_reply: dict[int, int] = {}
 
@@ -496,15 +491,20 @@ async def test_the_replies_of_a_costly_batch_go_out_before_the_next_batch_is_tak
     assert queued_at_reply == {0: 4, 1: 4, 2: 4, 3: 4, 4: 0, 5: 0, 6: 0, 7: 0}
 
 
-def _save_doubler(directory: Path) -> Path:
+def _save_closure(directory: Path, model: Callable[[Any], list[str]]) -> Path:
     directory.mkdir()
     with (directory / "func.pkl").open("wb") as f:
-        cloudpickle.dump(lambda xs: [str(2 * float(x[0])) for x in xs], f)
+        cloudpickle.dump(model, f)
     ModelManifest(runtime="python_closure").write(directory)
     return directory
 
 
-async def _serve_doubler(directory: Path, port: int = 0) -> tuple[ReplicaServer, int]:
+def _double(xs: Any) -> list[str]:
+    return [str(2 * float(x[0])) for x in xs]
+
+
+async def _serve(directory: Path, port: int = 0) -> tuple[ReplicaServer, int]:
+    """A replica of the model saved in directory, served in this process on port."""
     loaded = create_model(directory)
     loaded.load()
     server = ReplicaServer(ModelServicer(loaded, "m", "1", InputType.DOUBLES), "127.0.0.1", port)
@@ -525,7 +525,7 @@ STREAM_END_S = 0.3
 
 
 async def test_a_batch_for_a_replica_that_died_while_idle_is_requeued(tmp_path: Path) -> None:
-    server, port = await _serve_doubler(_save_doubler(tmp_path / "model"))
+    server, port = await _serve(_save_closure(tmp_path / "model", _double))
     queue = _queue(batch_size=1)
     gone = asyncio.Event()
     worker = ReplicaWorker(
@@ -548,7 +548,7 @@ async def test_a_batch_for_a_replica_that_died_while_idle_is_requeued(tmp_path: 
 
 
 async def test_a_replica_restarted_at_its_address_answers_the_next_batch(tmp_path: Path) -> None:
-    server, port = await _serve_doubler(_save_doubler(tmp_path / "first"))
+    server, port = await _serve(_save_closure(tmp_path / "first", _double))
     queue = _queue(batch_size=1)
     gone: list[str] = []
     worker = ReplicaWorker(
@@ -560,7 +560,7 @@ async def test_a_replica_restarted_at_its_address_answers_the_next_batch(tmp_pat
         await server.stop(0)
         await asyncio.sleep(STREAM_END_S)
         # As Docker restarts a container: the same address, a new process.
-        server, _ = await _serve_doubler(_save_doubler(tmp_path / "second"), port)
+        server, _ = await _serve(_save_closure(tmp_path / "second", _double), port)
         assert await _answer(queue, 3.0) == "6.0"
         assert gone == []
     finally:
