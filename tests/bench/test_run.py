@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from bench import workloads
 from bench.loadgen import RunResult
-from bench.run import Row, combine_rounds, measure_limit, median_run
+from bench.run import Row, combine_rounds, limit_at_batch, measure_limit, median_run, print_table
 
 
 def _result(defaults: int, answered_ms: float) -> RunResult:
@@ -136,3 +137,53 @@ def test_the_limit_runs_pytorch_with_a_thread_per_core_it_is_given(
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(threads)
+
+
+def _batch_rates(fixed_s: float, per_item_s: float, sizes: tuple[int, ...]) -> dict[int, float]:
+    return {n: n / (fixed_s + per_item_s * n) for n in sizes}
+
+
+def test_the_limit_between_two_measured_sizes_takes_a_batch_s_time_as_linear_in_its_size() -> None:
+    by_batch = _batch_rates(0.002, 0.0005, (8, 32, 256))
+    # 2 ms + 20 * 0.5 ms = 12 ms for 20 queries.
+    assert limit_at_batch(by_batch, 20.0) == pytest.approx(20 / 0.012)
+    assert limit_at_batch(by_batch, 32.0) == by_batch[32]
+    assert limit_at_batch(by_batch, 4.0) is None
+    assert limit_at_batch(by_batch, 300.0) is None
+    assert limit_at_batch({}, 20.0) is None
+
+
+def test_the_limit_keeps_the_rate_of_every_batch_size_it_measured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def predict(model: Any, batch: Any) -> list[int]:
+        # A fixed cost per call and one per query, as a model's batches have.
+        time.sleep(0.001 + 0.00002 * len(batch))
+        return [0] * len(batch)
+
+    monkeypatch.setattr(workloads, "load_mlp", lambda: None)
+    monkeypatch.setattr(workloads, "mlp_predict", predict)
+    limit = measure_limit("mlp", {0}, 0.7)
+    by_batch = limit["by_batch"]
+    assert set(by_batch) == {1, 8, 16, 32, 64, 128, 256}
+    assert limit["throughput"] == max(by_batch.values()) == by_batch[limit["best_batch"]]
+    assert by_batch[1] < by_batch[32] < by_batch[256]
+
+
+def test_the_table_names_the_model_s_own_rate_at_the_batch_size_ours_used(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    by_batch = _batch_rates(0.002, 0.0005, (8, 32, 256))
+    limits = {"mlp": {"throughput": by_batch[256], "best_batch": 256, "by_batch": by_batch}}
+    result = {"p50_ms": 20.0, "p99_ms": 40.0, "answered_p99_ms": 40.0, "default_ratio": 0.0}
+    rows = [
+        Row("mlp", "ours", "c=32", result, 20.0, 0.95, {"goodput": 1000.0, "in_slo": 1000.0}),
+        Row("mlp", "ours", "c=8", result, 6.0, 0.95, {"goodput": 600.0, "in_slo": 600.0}),
+    ]
+    print_table(rows, limits)
+    out = capsys.readouterr().out
+    # 20 queries in 12 ms: 1,666.7/s, and 256 in 130 ms: 1,969.2/s.
+    assert (
+        "mlp: the model alone at ours' mean batch (20.0) 1666.7/s = 0.85x the limit (no server "
+        "could pass it with batches of this size); ours/that = 0.60"
+    ) in out
