@@ -58,8 +58,32 @@ class Server:
     classify: Callable[[bytes], tuple[bool, bool]]
     stop: Callable[[], None]
     pids: Callable[[], list[int]]
-    batch_counts: Callable[[], tuple[float, float]] | None = None
+    # Our model's counters so far, by the last part of their names (batches, batched_queries,
+    # num_predictions for its answers, overloaded, expired), and "received": the app's queries.
+    counters: Callable[[], dict[str, float]] | None = None
     notes: str = ""
+
+
+# Our defaults by cause, from the frontend's counters, and what the table calls each. "other"
+# is every default left: mostly queries sent to a replica and not back in time. It is not the
+# late_answers counter: an answer a little past its deadline may still reach its client in time.
+DEFAULT_CAUSES = {
+    "overloaded": "refused as overloaded",
+    "expired": "expired in the queue",
+    "other": "other (sent, not back in time)",
+}
+
+
+@dataclass
+class Measured:
+    """One run: its result, the server's CPU use in cores, and for ours the mean batch size
+    and the share of the queries the frontend received that got a default for each cause
+    (DEFAULT_CAUSES), counted over the run and its warm-up."""
+
+    result: RunResult
+    cpu: float
+    batch: float | None = None
+    causes: dict[str, float] | None = None
 
 
 @dataclass
@@ -171,12 +195,13 @@ def start_ours(workload: str, replica_threads: int | None = None) -> Server:
                 continue
         return found
 
-    def batch_counts() -> tuple[float, float]:
-        """Queries sent in batches, and batches, so far."""
+    def counters() -> dict[str, float]:
         metrics = requests.get(f"http://{query}/metrics", timeout=5).json()
         counts = {name: float(v["count"]) for e in metrics["counters"] for name, v in e.items()}
-        model = f"model:{app}:1"
-        return counts.get(f"{model}:batched_queries", 0.0), counts.get(f"{model}:batches", 0.0)
+        prefix = f"model:{app}:1:"
+        found = {n.removeprefix(prefix): c for n, c in counts.items() if n.startswith(prefix)}
+        found["received"] = counts.get(f"app:{app}:num_predictions", 0.0)
+        return found
 
     def stop() -> None:
         conn.stop_all(graceful=False)
@@ -184,7 +209,7 @@ def start_ours(workload: str, replica_threads: int | None = None) -> Server:
 
     return Server(
         "ours", f"http://{query}/{app}/predict", bodies, clipper_classifier, stop, pids,
-        batch_counts, f"adaptive batching, SLO {slo / 1000:.0f} ms, no cache",
+        counters, f"adaptive batching, SLO {slo / 1000:.0f} ms, no cache",
     )  # fmt: skip
 
 
@@ -399,12 +424,10 @@ def _set_torch_threads(threads: int) -> int:
 # Runs
 
 
-def _run(
-    server: Server, kind: str, value: float, duration_s: float
-) -> tuple[RunResult, float, float | None]:
-    """One run: its result, the server's CPU use in cores, and our mean batch size in it."""
+def _run(server: Server, kind: str, value: float, duration_s: float) -> Measured:
+    """One run of the load generator: closed loop with `value` clients, or open at `value`/s."""
     before = _cpu_seconds(server.pids())
-    batches_before = server.batch_counts() if server.batch_counts else None
+    counted_before = server.counters() if server.counters else None
     started = time.monotonic()
     if kind == "closed":
         result = asyncio.run(
@@ -415,11 +438,20 @@ def _run(
             open_loop(server.url, server.bodies, value, duration_s, server.classify)
         )
     cpu = (_cpu_seconds(server.pids()) - before) / (time.monotonic() - started)
-    batch = None
-    if server.batch_counts and batches_before:
-        queries, batches = server.batch_counts()
-        batch = (queries - batches_before[0]) / max(batches - batches_before[1], 1.0)
-    return result, cpu, batch
+    if server.counters is None or counted_before is None:
+        return Measured(result, cpu)
+    counted = server.counters()
+
+    def added(name: str) -> float:
+        return counted.get(name, 0.0) - counted_before.get(name, 0.0)
+
+    batch = added("batched_queries") / max(added("batches"), 1.0)
+    received = added("received")
+    if received <= 0:
+        return Measured(result, cpu, batch)
+    shed = {"overloaded": added("overloaded"), "expired": added("expired")}
+    shed["other"] = max(received - added("num_predictions") - sum(shed.values()), 0.0)
+    return Measured(result, cpu, batch, {name: n / received for name, n in shed.items()})
 
 
 def _open_loop_rank(summary: dict[str, Any]) -> tuple[float, float]:
@@ -433,19 +465,17 @@ def _load_key(load: str) -> str:
     return load.split(" (")[0]
 
 
-def median_run(
-    runs: Sequence[tuple[RunResult, float, float | None]], slo_s: float
-) -> tuple[tuple[RunResult, float, float | None], str]:
+def median_run(runs: Sequence[Measured], slo_s: float) -> tuple[Measured, str]:
     """Of repeated runs at one load, the median by default ratio (then by the p99 of answers),
     and the spread over all of them of both and of the answers within the SLO."""
     keyed = []
     for run in runs:
-        summary = run[0].summary()  # sorts every latency: once per run
+        summary = run.result.summary()  # sorts every latency: once per run
         keyed.append((_open_loop_rank(summary), run))
     keyed.sort(key=lambda k: k[0])
     defaults = [key[0] for key, _ in keyed]
     p99s = [key[1] for key, _ in keyed]
-    within = [run[0].answered_within_per_s(slo_s) for _, run in keyed]
+    within = [run.result.answered_within_per_s(slo_s) for _, run in keyed]
     spread = (
         f"defaults {min(defaults):.2%}-{max(defaults):.2%}, "
         f"p99 of answers {min(p99s):.1f}-{max(p99s):.1f} ms, "
@@ -474,10 +504,10 @@ def bench_server(
     try:
         capacity = 0.0
         for concurrency in CONCURRENCY[workload]:
-            result, cpu, batch = _run(server, "closed", concurrency, duration_s)
-            rows.append(Row(workload, server.name, f"c={concurrency}", result.summary(), batch,
-                            cpu, {"goodput": result.goodput,
-                                  "in_slo": result.answered_within_per_s(slo_s)}))  # fmt: skip
+            measured = _run(server, "closed", concurrency, duration_s)
+            result = measured.result
+            rows.append(Row(workload, server.name, f"c={concurrency}", result.summary(),
+                            measured.batch, measured.cpu, _extra(measured, slo_s)))  # fmt: skip
             capacity = max(capacity, result.goodput)
             print(f"  {server.name:14} c={concurrency:<4} {result.summary()}", flush=True)
         for fraction in LOAD_FRACTIONS:
@@ -488,18 +518,26 @@ def bench_server(
             runs = []
             for _ in range(open_repeats):
                 runs.append(_run(server, "open", rate, duration_s))
-                print(f"  {server.name:14} {label:16} {runs[-1][0].summary()}", flush=True)
-            (result, cpu, batch), spread = median_run(runs, slo_s)
-            extra: dict[str, Any] = {
-                "goodput": result.goodput,
-                "in_slo": result.answered_within_per_s(slo_s),
-            }
+                print(f"  {server.name:14} {label:16} {runs[-1].result.summary()}", flush=True)
+            measured, spread = median_run(runs, slo_s)
+            extra = _extra(measured, slo_s)
             if open_repeats > 1:
                 extra["spread"] = spread
-            rows.append(Row(workload, server.name, label, result.summary(), batch, cpu, extra))
+            rows.append(Row(workload, server.name, label, measured.result.summary(),
+                            measured.batch, measured.cpu, extra))  # fmt: skip
     finally:
         server.stop()
     return rows
+
+
+def _extra(measured: Measured, slo_s: float) -> dict[str, Any]:
+    extra: dict[str, Any] = {
+        "goodput": measured.result.goodput,
+        "in_slo": measured.result.answered_within_per_s(slo_s),
+    }
+    if measured.causes is not None:
+        extra["causes"] = measured.causes
+    return extra
 
 
 def _cpu_per_answer(row: Row) -> float:
@@ -602,6 +640,16 @@ def print_table(
         print("\nOpen-loop rows are the median of repeated runs; the spread over them:")
         for r in spreads:
             print(f"  {r.workload:12} {r.server:14} {r.load:16} {r.extra['spread']}")
+    caused = [r for r in rows if any(r.extra.get("causes", {}).values())]
+    if caused:
+        print(
+            "\nOur defaults by cause, as shares of the queries the frontend received (its "
+            "counters,\nover each run and its 1 s warm-up):"
+        )
+        for r in caused:
+            shares = r.extra["causes"]
+            causes = ", ".join(f"{label} {shares[n]:.2%}" for n, label in DEFAULT_CAUSES.items())
+            print(f"  {r.workload:12} {r.server:14} {r.load:16} {causes}")
     rounds = [r for r in rows if "rounds" in r.extra]
     if rounds:
         print("\nEach row is the median round's; the spread over the rounds:")

@@ -14,7 +14,17 @@ import pytest
 
 from bench import workloads
 from bench.loadgen import RunResult
-from bench.run import Row, combine_rounds, limit_at_batch, measure_limit, median_run, print_table
+from bench.run import (
+    Measured,
+    Row,
+    bench_server,
+    combine_rounds,
+    limit_at_batch,
+    measure_limit,
+    median_run,
+    print_table,
+    start_ours,
+)
 
 
 def _result(defaults: int, answered_ms: float) -> RunResult:
@@ -29,9 +39,9 @@ def _result(defaults: int, answered_ms: float) -> RunResult:
 
 
 def test_the_median_run_by_defaults_is_kept_with_the_spread_of_all() -> None:
-    runs = [(_result(d, ms), 0.9, 20.0) for d, ms in ((12, 64.0), (0, 45.0), (3, 51.0))]
-    (chosen, cpu, batch), spread = median_run(runs, 0.05)
-    assert chosen.defaults == 3 and (cpu, batch) == (0.9, 20.0)
+    runs = [Measured(_result(d, ms), 0.9, 20.0) for d, ms in ((12, 64.0), (0, 45.0), (3, 51.0))]
+    chosen, spread = median_run(runs, 0.05)
+    assert chosen.result.defaults == 3 and (chosen.cpu, chosen.batch) == (0.9, 20.0)
     # Answers within a 50 ms SLO: all 100 of the run at 45 ms, none at 51 or 64 ms.
     assert spread == (
         "defaults 0.00%-12.00%, p99 of answers 45.0-64.0 ms, "
@@ -40,15 +50,15 @@ def test_the_median_run_by_defaults_is_kept_with_the_spread_of_all() -> None:
 
 
 def test_equal_defaults_are_ordered_by_the_p99_of_answers() -> None:
-    runs = [(_result(1, ms), 1.0, None) for ms in (70.0, 40.0, 55.0, 60.0)]
-    (chosen, _, _), _ = median_run(runs, 0.05)
+    runs = [Measured(_result(1, ms), 1.0) for ms in (70.0, 40.0, 55.0, 60.0)]
+    chosen, _ = median_run(runs, 0.05)
     # Of four, the lower middle one: the second best.
-    assert chosen.answered_latencies_s[0] == 0.055
+    assert chosen.result.answered_latencies_s[0] == 0.055
 
 
 def test_a_single_run_is_its_own_median() -> None:
-    only = (_result(5, 48.0), 0.5, 8.0)
-    assert median_run([only], 0.05)[0] == only
+    only = Measured(_result(5, 48.0), 0.5, 8.0)
+    assert median_run([only], 0.05)[0] is only
 
 
 def test_answers_within_the_slo_leave_out_late_answers_and_defaults() -> None:
@@ -187,3 +197,32 @@ def test_the_table_names_the_model_s_own_rate_at_the_batch_size_ours_used(
         "mlp: the model alone at ours' mean batch (20.0) 1666.7/s = 0.85x the limit (no server "
         "could pass it with batches of this size); ours/that = 0.60"
     ) in out
+
+
+def test_our_runs_report_the_batch_size_and_the_defaults_by_cause_from_the_frontend() -> None:
+    rows = bench_server("noop", start_ours, set(os.sched_getaffinity(0)), 0.3)
+    loads = [r.load.split(" (")[0] for r in rows]
+    assert loads == ["c=1", "c=8", "c=32", "c=64", "50%", "80%", "100%", "120%"]
+    assert rows[0].batch == 1.0  # one client: one query per batch
+    for row in rows:
+        assert row.batch is not None and row.batch >= 1.0
+        # A no-op model with a 1 s SLO: every query the frontend received was answered.
+        assert row.extra["causes"] == {"overloaded": 0.0, "expired": 0.0, "other": 0.0}
+
+
+def test_the_table_breaks_our_defaults_down_by_cause(capsys: pytest.CaptureFixture[str]) -> None:
+    result = {"p50_ms": 20.0, "p99_ms": 40.0, "answered_p99_ms": 40.0, "default_ratio": 0.05}
+    causes = {"overloaded": 0.02, "expired": 0.01, "other": 0.015}
+    extra = {"goodput": 950.0, "in_slo": 950.0, "causes": causes}
+    none = {**extra, "causes": dict.fromkeys(causes, 0.0)}
+    rows = [
+        Row("mlp", "ours", "80% (1000/s)", result, 20.0, 0.9, extra),
+        Row("mlp", "ours", "50% (600/s)", {**result, "default_ratio": 0.0}, 9.0, 0.6, none),
+    ]
+    print_table(rows, {})
+    out = capsys.readouterr().out
+    assert (
+        "mlp          ours           80% (1000/s)     refused as overloaded 2.00%, "
+        "expired in the queue 1.00%, other (sent, not back in time) 1.50%"
+    ) in out
+    assert "50% (600/s)" not in out.split("by cause")[1]  # no defaults, nothing to break down
