@@ -31,6 +31,10 @@ _REPLICA_GONE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 _deadline = operator.attrgetter("deadline")
 
+# Told (model name, version, count) of queries the queue gave the SLO default before any
+# replica took them.
+ExpiryObserver = Callable[[str, str, int], None]
+
 
 class QueryFailed(Exception):
     """The model could not answer this query; the message becomes the default explanation."""
@@ -296,6 +300,7 @@ class ModelQueue:
         input_type: InputType,
         policy: BatchPolicy,
         max_len: int,
+        on_expired: ExpiryObserver | None = None,
     ) -> None:
         self.model_name = model_name
         self.model_version = model_version
@@ -303,6 +308,7 @@ class ModelQueue:
         self.policy = policy
         self.max_len = max_len
         self.num_workers = 0
+        self._on_expired = on_expired
         self._heap: list[Query] = []
         self._seq = itertools.count()
         self._changed = asyncio.Event()
@@ -412,12 +418,19 @@ class ModelQueue:
     def _shed_expired(self) -> None:
         self._timer, self._timer_deadline = None, float("inf")
         now = time.monotonic()
+        expired = 0
         while self._heap and (self._heap[0].deadline <= now or self._heap[0].future.done()):
             query = heapq.heappop(self._heap)
             if not query.future.done():
                 query.future.set_exception(QueryExpired())
                 self.calibrate(query, now)
+                expired += 1
+        self._expired(expired)
         self._arm_timer()
+
+    def _expired(self, count: int) -> None:
+        if count and self._on_expired is not None:
+            self._on_expired(self.model_name, self.model_version, count)
 
     async def take(self) -> list[Query]:
         """Waits for work and returns the next batch, sized by the policy."""
@@ -571,6 +584,7 @@ class ModelQueue:
             # It would be answered after its deadline: answer it with the default now.
             query.future.set_exception(QueryExpired())
             self.calibrate(query, max(query.deadline, now))
+        self._expired(len(late))
         self._arm_timer()
         return batch
 

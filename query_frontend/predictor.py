@@ -83,8 +83,6 @@ class _ModelMetrics:
     throughput: Meter
     latency: Histogram
     cache_hit_ratio: RatioCounter
-    # Parsed, then given the SLO default before any replica took them.
-    expired: Counter
 
 
 class Predictor:
@@ -194,25 +192,16 @@ class Predictor:
         # promises the default instead of a late answer, whatever made it late. Past the
         # deadline but short of that, the reply margin is there for it.
         late = time.monotonic() > started + slo_s - min(slo_s * LATE_REPLY_SHARE, LATE_REPLY_MAX_S)
-        late_replies = expired_queries = 0
+        late_replies = 0
         predictions = []
         for query_id, future in zip(ids, futures, strict=True):
             prediction = self._settle(query_id, future, default)
             if late and not prediction.default:
                 prediction = Prediction(query_id, default, True, SLO_EXPLANATION)
                 late_replies += 1
-            elif (
-                prediction.default
-                and future is not None
-                and future.done()
-                and isinstance(future.exception(), QueryExpired)
-            ):
-                expired_queries += 1
             predictions.append(prediction)
         if late_replies:
             self._late_replies.increment(late_replies)
-        if expired_queries:
-            self._model_metrics_of(name, version).expired.increment(expired_queries)
         self._record(app_name, model_id, predictions, started, unread_s)
         return request.is_batch, predictions
 
@@ -344,7 +333,6 @@ class Predictor:
                 m.meter(f"{prefix}:prediction_throughput"),
                 m.histogram(f"{prefix}:prediction_latency"),
                 m.ratio(f"{prefix}:cache_hit_ratio"),
-                m.counter(f"{prefix}:expired"),
             )
         return found
 
@@ -399,6 +387,13 @@ def _default_value(text: str) -> Any:
     # Parsed once per distinct text: a default that is not JSON costs an exception to parse.
     # The value is only serialized, never changed, so sharing it is safe.
     return output_value(text)
+
+
+def record_expired(
+    metrics: MetricsRegistry, model_name: str, model_version: str, count: int
+) -> None:
+    """Queries that a model's queue gave the SLO default before any replica took them."""
+    metrics.counter(f"model:{model_name}:{model_version}:expired").increment(count)
 
 
 def record_batch(

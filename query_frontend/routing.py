@@ -13,6 +13,7 @@ from management.store import AppRecord, ClusterState, ModelRecord, ReplicaRecord
 from query_frontend.batching import (
     BatchObserver,
     BatchPolicy,
+    ExpiryObserver,
     ModelQueue,
     NoReplicas,
     ReplicaClient,
@@ -40,8 +41,10 @@ class Router:
         max_adaptive_batch_size: int,
         max_batch_wait_s: float,
         max_queue_len: int,
+        on_expired: ExpiryObserver | None = None,
     ) -> None:
         self._on_batch = on_batch
+        self._on_expired = on_expired
         self._max_adaptive_batch_size = max_adaptive_batch_size
         self._max_batch_wait_s = max_batch_wait_s
         self._max_queue_len = max_queue_len
@@ -104,7 +107,7 @@ class Router:
                 self._max_adaptive_batch_size,
                 self._max_batch_wait_s,
             )
-            queue = ModelQueue(*model_id, input_type, policy, self._max_queue_len)
+            queue = ModelQueue(*model_id, input_type, policy, self._max_queue_len, self._on_expired)
             self._queues[model_id] = queue
         worker = ReplicaWorker(
             key, queue, ReplicaClient(replica.address), self._on_batch, self.replica_gone

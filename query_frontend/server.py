@@ -21,7 +21,7 @@ from query_frontend.loop_lag import LoopLag
 from query_frontend.metrics import MetricsRegistry
 from query_frontend.peers import SNAPSHOT_PATH, Peers
 from query_frontend.predict_protocol import PredictCall
-from query_frontend.predictor import Predictor, record_batch
+from query_frontend.predictor import Predictor, record_batch, record_expired
 from query_frontend.routing import ClusterWatcher, Router
 from query_frontend.settings import FrontendSettings
 
@@ -141,6 +141,7 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
         settings.max_adaptive_batch_size,
         settings.max_batch_wait_s,
         settings.max_queue_len,
+        partial(record_expired, registry),
     )
     redis = aioredis.Redis(
         host=settings.redis_host, port=settings.redis_port, decode_responses=True

@@ -151,6 +151,31 @@ async def test_queries_that_all_look_late_are_shed_while_batches_are_going() -> 
     taker.cancel()
 
 
+async def test_queries_given_the_default_in_the_queue_are_reported_as_expired() -> None:
+    reported: list[tuple[str, str, int]] = []
+    policy = BatchPolicy(-1, max_adaptive_size=64, max_wait_s=0.0)
+    queue = ModelQueue("m", "1", InputType.DOUBLES, policy, 1000, lambda *r: reported.append(r))
+    queue.num_workers = 1
+    for _ in range(10):
+        policy.observe(1, 0.2, True)
+    # Left in the queue past their deadline, with no worker to take them.
+    waiting = [_future() for _ in range(3)]
+    for future in waiting:
+        queue.put(b"x", time.monotonic() + 0.05, future, admitted=True)
+    for future in waiting:
+        with pytest.raises(QueryExpired):
+            await asyncio.wait_for(future, 1.0)
+    assert {r[:2] for r in reported} == {("m", "1")} and sum(r[2] for r in reported) == 3
+    # Left out of a batch that would answer it after its deadline (200 ms against 150).
+    reported.clear()
+    doomed, kept = _future(), _future()
+    queue.put(b"doomed", time.monotonic() + 0.15, doomed, admitted=True)
+    queue.put(b"kept", time.monotonic() + 5.0, kept)
+    assert [q.item for q in await queue.take()] == [b"kept"]
+    assert doomed.done() and isinstance(doomed.exception(), QueryExpired)
+    assert reported == [("m", "1", 1)]
+
+
 async def test_a_query_is_refused_when_the_batch_in_progress_and_its_own_overrun_its_budget() -> (
     None
 ):
