@@ -681,7 +681,7 @@ def print_table(
                 )
             alone = (
                 limit_at_batch(limit.get("by_batch", {}), ours.batch)
-                if ours.batch is not None and ours.batch == ours.batch
+                if ours.batch is not None
                 else None
             )
             if alone is not None:

@@ -425,10 +425,10 @@ class ModelQueue:
                 query.future.set_exception(QueryExpired())
                 self.calibrate(query, now)
                 expired += 1
-        self._expired(expired)
+        self._report_expired(expired)
         self._arm_timer()
 
-    def _expired(self, count: int) -> None:
+    def _report_expired(self, count: int) -> None:
         if count and self._on_expired is not None:
             self._on_expired(self.model_name, self.model_version, count)
 
@@ -584,7 +584,7 @@ class ModelQueue:
             # It would be answered after its deadline: answer it with the default now.
             query.future.set_exception(QueryExpired())
             self.calibrate(query, max(query.deadline, now))
-        self._expired(len(late))
+        self._report_expired(len(late))
         self._arm_timer()
         return batch
 

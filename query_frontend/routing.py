@@ -41,7 +41,7 @@ class Router:
         max_adaptive_batch_size: int,
         max_batch_wait_s: float,
         max_queue_len: int,
-        on_expired: ExpiryObserver | None = None,
+        on_expired: ExpiryObserver,
     ) -> None:
         self._on_batch = on_batch
         self._on_expired = on_expired
