@@ -15,7 +15,7 @@ import orjson
 import simdjson
 
 from management.input_types import InputType
-from query_frontend.errors import JSON_ERROR, QueryError
+from query_frontend.errors import BAD_REQUEST, JSON_ERROR, QueryError
 
 _SCHEMA_TEXT = (
     'Expected JSON schema: \n  {\n   "input" := [double] | [int] | [string] | [byte] | '
@@ -50,9 +50,12 @@ def json_error(detail: str) -> QueryError:
     return QueryError(JSON_ERROR, f"Error parsing JSON: {detail}. {_SCHEMA_TEXT}")
 
 
-def parse_predict_request(body: bytes, input_type: InputType) -> PredictRequest:
+def parse_predict_request(
+    body: bytes, input_type: InputType, max_batch_inputs: int
+) -> PredictRequest:
+    """The request's inputs in their wire form; an input_batch may hold up to max_batch_inputs."""
     if input_type in _NUMERIC_CODES and len(body) >= _SIMDJSON_MIN_BYTES:
-        request = _parse_numeric(body, _NUMERIC_CODES[input_type])
+        request = _parse_numeric(body, _NUMERIC_CODES[input_type], max_batch_inputs)
         if request is not None:
             return request
     try:
@@ -78,11 +81,29 @@ def parse_predict_request(body: bytes, input_type: InputType) -> PredictRequest:
                 f"Type mismatch! JSON key input_batch expected type Array but found type "
                 f"{_json_type(batch)}"
             )
+        _check_batch_len(len(batch), max_batch_inputs)
         inputs = [
             encode_input(item, input_type, f"input_batch[{i}]") for i, item in enumerate(batch)
         ]
         return PredictRequest(inputs, version, True)
     raise json_error("JSON object does not have required keys input or input_batch")
+
+
+# simdjson counts an array's elements up to this, and gives this for any longer array.
+_SIMDJSON_COUNT_CAP = 0xFFFFFF
+
+
+def _check_batch_len(batch_len: int, max_batch_inputs: int, *, at_least: bool = False) -> None:
+    # Each input costs the event loop a few microseconds to parse and queue, and every other
+    # request waits meanwhile: 3 million took 12 to 21 s, and 256 MB of them would take
+    # minutes and more memory than the machine has.
+    if batch_len > max_batch_inputs:
+        count = f"at least {batch_len}" if at_least else str(batch_len)
+        raise QueryError(
+            BAD_REQUEST,
+            f"input_batch holds {count} inputs, more than the {max_batch_inputs} this "
+            "frontend takes in one request: send them in several requests",
+        )
 
 
 _NUMERIC_CODES = {InputType.INTEGERS: "i", InputType.FLOATS: "f", InputType.DOUBLES: "d"}
@@ -95,7 +116,7 @@ class _Unusual(Exception):
     """The request is not a plain one: the full parser handles it and names any problem."""
 
 
-def _parse_numeric(body: bytes, code: str) -> PredictRequest | None:
+def _parse_numeric(body: bytes, code: str, max_batch_inputs: int) -> PredictRequest | None:
     """A well-formed request of numeric arrays, parsed straight into machine numbers.
 
     simdjson reads each array into a buffer of doubles or 64-bit integers without making a
@@ -128,6 +149,10 @@ def _parse_numeric(body: bytes, code: str) -> PredictRequest | None:
                 return None
             return PredictRequest([_pack_numbers(doc["input"], code)], version, False)
         batch = doc["input_batch"] if "input_batch" in keys else None
+        if isinstance(batch, simdjson.Array):
+            _check_batch_len(
+                len(batch), max_batch_inputs, at_least=len(batch) >= _SIMDJSON_COUNT_CAP
+            )
         if (
             isinstance(batch, simdjson.Array)
             and _count_brackets(body, len(batch) + 2) == len(batch) + 1

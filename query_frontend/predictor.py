@@ -92,12 +92,14 @@ class Predictor:
         cache: PredictionCache,
         metrics: MetricsRegistry,
         ensure_fresh: Callable[[], Awaitable[None]],
+        max_batch_inputs: int,
     ) -> None:
         self._router = router
         self._cache = cache
         self._metrics = metrics
         # Called on a routing miss: re-reads the cluster state if an admin call changed it.
         self._ensure_fresh = ensure_fresh
+        self._max_batch_inputs = max_batch_inputs
         self._query_ids = itertools.count()
         # Each app's and model version's metrics, looked up once: building their names and
         # hashing them on every request cost the frontend a few microseconds per request.
@@ -142,7 +144,9 @@ class Predictor:
             await _wait_until([], deadline)
             self._record(app_name, refused_model, [prediction], started, unread_s)
             return False, [prediction]
-        request = parse_predict_request(body, parse_input_type(app.input_type))
+        request = parse_predict_request(
+            body, parse_input_type(app.input_type), self._max_batch_inputs
+        )
         model_id = await self._route(app_name, request.version)
         ids = [next(self._query_ids) for _ in request.inputs]
         if model_id is None:

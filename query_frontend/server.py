@@ -148,7 +148,7 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
     )
     watcher = ClusterWatcher(Store(redis), router.apply, settings.resync_interval_s)
     loop_lag = LoopLag()
-    predictor = Predictor(router, cache, registry, watcher.ensure_fresh)
+    predictor = Predictor(router, cache, registry, watcher.ensure_fresh, settings.max_batch_inputs)
     app[PREDICTOR_KEY] = predictor
     app[METRICS_KEY] = registry
     app[WATCHER_KEY] = watcher

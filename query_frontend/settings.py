@@ -26,6 +26,9 @@ class FrontendSettings(BaseSettings):
     max_batch_wait_s: float = 0.02
     # Queries one model version may hold waiting; beyond it, new ones get an overload default.
     max_queue_len: int = 10000
+    # Inputs one request's input_batch may hold; a larger one is refused with a 400. Parsing
+    # and queueing take a few microseconds per input, during which no other request is read.
+    max_batch_inputs: int = 10000
     # A pipe the parent passed: "ready <port>" is written to it once the server listens.
     ready_fd: int | None = None
     # Worker processes sharing the port, under a supervisor that restarts any that dies; with

@@ -14,6 +14,7 @@ from query_frontend.codec import encode_input, parse_predict_request
 from query_frontend.errors import QueryError
 
 NUMERIC = [InputType.INTEGERS, InputType.FLOATS, InputType.DOUBLES]
+MAX_BATCH = 10000
 
 
 def _documents(input_type: InputType) -> list[dict[str, Any]]:
@@ -48,7 +49,7 @@ def _documents(input_type: InputType) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("input_type", NUMERIC, ids=lambda t: t.name)
 def test_numeric_inputs_match_the_elementwise_encoding(input_type: InputType) -> None:
     for doc in _documents(input_type):
-        request = parse_predict_request(json.dumps(doc).encode(), input_type)
+        request = parse_predict_request(json.dumps(doc).encode(), input_type, MAX_BATCH)
         if "input" in doc:
             expected = [encode_input(doc["input"], input_type, "input")]
         else:
@@ -66,21 +67,23 @@ def test_small_and_large_bodies_parse_alike(input_type: InputType) -> None:
         values = list(range(-length // 2, length - length // 2))
         body = json.dumps({"input_batch": [values, values[:3]]}).encode()
         expected = [encode_input(v, input_type, "input") for v in (values, values[:3])]
-        assert parse_predict_request(body, input_type).inputs == expected
+        assert parse_predict_request(body, input_type, MAX_BATCH).inputs == expected
 
 
 def test_numbers_arrive_in_little_endian_wire_form() -> None:
     body = b'{"input_batch": [[1.5, -2], [0.1]]}'
-    floats = parse_predict_request(body, InputType.FLOATS).inputs
+    floats = parse_predict_request(body, InputType.FLOATS, MAX_BATCH).inputs
     assert floats == [struct.pack("<2f", 1.5, -2), struct.pack("<f", 0.1)]
-    doubles = parse_predict_request(body, InputType.DOUBLES).inputs
+    doubles = parse_predict_request(body, InputType.DOUBLES, MAX_BATCH).inputs
     assert doubles == [struct.pack("<2d", 1.5, -2), struct.pack("<d", 0.1)]
-    ints = parse_predict_request(b'{"input": [1, -2, 2147483647]}', InputType.INTEGERS)
+    ints = parse_predict_request(b'{"input": [1, -2, 2147483647]}', InputType.INTEGERS, MAX_BATCH)
     assert ints.inputs == [struct.pack("<3i", 1, -2, 2147483647)]
 
 
 def test_a_repeated_key_keeps_its_last_value() -> None:
-    request = parse_predict_request(b'{"input": [1, 2], "input": [3]}', InputType.DOUBLES)
+    request = parse_predict_request(
+        b'{"input": [1, 2], "input": [3]}', InputType.DOUBLES, MAX_BATCH
+    )
     assert request.inputs == [struct.pack("<d", 3)]
 
 
@@ -105,7 +108,7 @@ def test_unusual_numeric_input_gets_the_precise_error(
     input_type: InputType, body: bytes, cause: str
 ) -> None:
     with pytest.raises(QueryError) as raised:
-        parse_predict_request(body, input_type)
+        parse_predict_request(body, input_type, MAX_BATCH)
     assert cause in raised.value.cause
 
 
@@ -124,7 +127,7 @@ def test_a_nested_array_in_a_large_body_gets_the_precise_error(doc: dict[str, An
     body = json.dumps(doc).encode()
     assert len(body) > 1024
     with pytest.raises(QueryError) as raised:
-        parse_predict_request(body, InputType.DOUBLES)
+        parse_predict_request(body, InputType.DOUBLES, MAX_BATCH)
     assert "of type Array" in raised.value.cause
 
 
@@ -139,11 +142,36 @@ def test_a_large_body_takes_floats_up_to_the_float32_limit_and_refuses_beyond(
     largest = sign * float(np.nextafter(_FLOAT32_OVERFLOW, 0.0))
     body = json.dumps({"input": [*[2.5] * 400, largest]}).encode()
     assert len(body) > 1024
-    (packed,) = parse_predict_request(body, InputType.FLOATS).inputs
+    (packed,) = parse_predict_request(body, InputType.FLOATS, MAX_BATCH).inputs
     assert packed == struct.pack("<401f", *[2.5] * 400, largest)
     assert struct.unpack_from("<f", packed, 400 * 4)[0] == sign * float(np.finfo(np.float32).max)
 
     beyond = json.dumps({"input": [*[2.5] * 400, sign * _FLOAT32_OVERFLOW]}).encode()
     with pytest.raises(QueryError) as raised:
-        parse_predict_request(beyond, InputType.FLOATS)
+        parse_predict_request(beyond, InputType.FLOATS, MAX_BATCH)
     assert "does not fit 32-bit floats" in raised.value.cause
+
+
+@pytest.mark.parametrize("input_type", [*NUMERIC, InputType.STRINGS], ids=lambda t: t.name)
+def test_an_input_batch_holds_at_most_the_maximum(input_type: InputType) -> None:
+    item: Any = "a" if input_type is InputType.STRINGS else [1]
+    # Small bodies go to orjson and large numeric ones to simdjson: both count the same.
+    for limit in (3, 500):
+        full = json.dumps({"input_batch": [item] * limit}).encode()
+        assert len(parse_predict_request(full, input_type, limit).inputs) == limit
+        over = json.dumps({"input_batch": [item] * (limit + 1)}).encode()
+        with pytest.raises(QueryError) as raised:
+            parse_predict_request(over, input_type, limit)
+        assert raised.value.status == 400
+        assert raised.value.cause == (
+            f"input_batch holds {limit + 1} inputs, more than the {limit} this frontend takes "
+            "in one request: send them in several requests"
+        )
+
+
+def test_an_input_batch_longer_than_simdjson_counts_is_refused_as_at_least_that() -> None:
+    # simdjson stops counting an array's elements at 2**24 - 1.
+    body = b'{"input_batch": [' + b"[1]," * 2**24 + b"[1]]}"
+    with pytest.raises(QueryError) as raised:
+        parse_predict_request(body, InputType.DOUBLES, MAX_BATCH)
+    assert raised.value.cause.startswith(f"input_batch holds at least {2**24 - 1} inputs")

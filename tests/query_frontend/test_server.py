@@ -195,6 +195,18 @@ def test_batches_keep_input_order_and_empty_batch(conn: ClipperConnection) -> No
     assert predict(conn, "doubles-app", {"input_batch": []}) == {"batch_predictions": []}
 
 
+def test_an_input_batch_over_the_default_maximum_is_a_400(conn: ClipperConnection) -> None:
+    # The default maximum, 10,000 inputs, on both parsers: simdjson's for numbers, orjson's.
+    for app, item in (("doubles-app", [1.0]), ("strings-app", "a")):
+        response = _post(conn, f"{app}/predict", json.dumps({"input_batch": [item] * 10001}))
+        _assert_json_error(
+            response, 400, "Bad request", "input_batch holds 10001 inputs, more than the 10000"
+        )
+    response = _post(conn, "strings-app/predict", json.dumps({"input_batch": ["b"] * 10000}))
+    assert response.status_code == 200
+    assert len(response.json()["batch_predictions"]) == 10000
+
+
 def test_unlinked_app_answers_default_at_once(conn: ClipperConnection) -> None:
     response = predict(conn, "unlinked-app", {"input": [1.0]})
     assert response["output"] == "nothing"
