@@ -31,7 +31,9 @@ MAX_PIPELINED = 16
 MAX_HEAD_BYTES = 64 * 1024
 # How long a connection ended by an error reply is still read, so that it is not reset.
 LINGER_S = 2.0
-# As aiohttp's own connections: an idle keep-alive connection is closed after this long.
+# As aiohttp's own connections: an idle keep-alive connection is closed after this long. So is
+# one that stopped sending in the middle of a request (aiohttp would wait for it for good): a
+# client could otherwise hold connections open until the process runs out of them.
 KEEPALIVE_TIMEOUT_S = 75.0
 # Idle connections are looked for this many times per keep-alive timeout.
 SWEEPS_PER_TIMEOUT = 5
@@ -476,7 +478,8 @@ class PredictProtocol(asyncio.Protocol):
     # Called by Connections
 
     def close_if_idle(self, idle_since: float) -> None:
-        idle = not self._busy and not self._work and self._between_messages
+        # Between requests or within one: a request that stops arriving is as idle.
+        idle = not self._busy and not self._work
         if idle and self._last_active < idle_since:
             self._close()
 

@@ -368,6 +368,33 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_timeout() -> Non
         await served.runner.cleanup()
 
 
+@pytest.mark.parametrize(
+    "partial",
+    [b"POST /a/predict HTTP/1.1\r\nHost: te", _post("/a/predict", b"12345")[:-2]],
+    ids=["in-the-head", "in-the-body"],
+)
+async def test_a_request_that_stops_arriving_is_closed_after_the_keepalive_timeout(
+    partial: bytes,
+) -> None:
+    served = await _start(keepalive_timeout_s=0.3)
+    try:
+        reader, writer = await _connect(served)
+        started = asyncio.get_running_loop().time()
+        writer.write(partial)
+        assert await _closed(reader)
+        assert asyncio.get_running_loop().time() - started >= 0.3
+        # A request that keeps arriving, however slowly, is read to its end and answered.
+        reader, writer = await _connect(served)
+        request = _post("/a/predict", b"12345")
+        for at in range(0, len(request), 8):
+            writer.write(request[at : at + 8])
+            await asyncio.sleep(0.05)
+        assert asyncio.get_running_loop().time() - started >= 0.6
+        assert (await _read_response(reader)).json() == {"app": "a", "body": "12345"}
+    finally:
+        await served.runner.cleanup()
+
+
 async def test_many_pipelined_requests_all_get_answers(served: Served) -> None:
     reader, writer = await _connect(served)
     count = 200
