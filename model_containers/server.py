@@ -133,11 +133,19 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         try:
             with self._predicting, self._watchdog:
                 outputs = self._model.predict(inputs)
-        except Exception as e:
+                # Clipper's closures could return any iterable of the right length, such as
+                # a generator or a map: it is read here, as part of the model's own work.
+                if not hasattr(outputs, "__len__") and hasattr(outputs, "__iter__"):
+                    outputs = list(outputs)
+        # BaseException too: a sys.exit() or KeyboardInterrupt from the model's own code would
+        # otherwise end this gRPC worker with the call never answered, and the stream it came
+        # on stuck for good. It fails its batch like any other error.
+        except BaseException as e:
             logger.exception("predict raised on a batch of %d", len(request.inputs))
             metrics.failed_batches.inc()
+            detail = f": {e}" if str(e) else ""
             raise ReplicaError(
-                grpc.StatusCode.INTERNAL, f"Model raised {type(e).__name__}: {e}"
+                grpc.StatusCode.INTERNAL, f"Model raised {type(e).__name__}{detail}"
             ) from e
         handled = time.monotonic()
         try:

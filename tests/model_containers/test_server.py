@@ -130,11 +130,57 @@ async def test_a_raising_model_fails_its_batch_and_keeps_serving(
 
 
 @pytest.mark.parametrize(
+    "error",
+    [SystemExit(3), KeyboardInterrupt()],
+    ids=["sys.exit", "KeyboardInterrupt"],
+)
+async def test_a_model_that_raises_even_a_base_exception_fails_only_its_batch_on_a_stream(
+    serve: Callable[..., Any], error: BaseException
+) -> None:
+    def model(xs: Any) -> list[float]:
+        if xs[0][0] < 0:
+            raise error
+        return [1.0] * len(xs)
+
+    stub = (await serve(model)).stub
+    stream = stub.PredictStream()
+    await stream.write(_doubles([-1.0]))
+    failed = await asyncio.wait_for(stream.read(), 5)
+    assert (
+        failed.error.message
+        == {
+            "SystemExit": "Model raised SystemExit: 3",
+            "KeyboardInterrupt": "Model raised KeyboardInterrupt",
+        }[type(error).__name__]
+    )
+    await stream.write(_doubles([1.0]))
+    answered = await asyncio.wait_for(stream.read(), 5)
+    assert answered.outputs[0].value == "1.0"
+    await stream.done_writing()
+
+
+@pytest.mark.parametrize(
+    "result",
+    [lambda n: (i * 1.5 for i in range(n)), lambda n: map(str, range(n)), lambda n: (1, 2)],
+    ids=["generator", "map", "tuple"],
+)
+async def test_any_iterable_of_one_output_per_input_is_accepted(
+    serve: Callable[..., Any], result: Callable[[int], Any]
+) -> None:
+    # As Clipper's closure containers took them: they stringified whatever the model returned.
+    stub = (await serve(lambda xs: result(len(xs)))).stub
+    response = await stub.Predict(_doubles([1.0], [2.0]))
+    assert [o.value for o in response.outputs] == [str(v) for v in result(2)]
+
+
+@pytest.mark.parametrize(
     ("result", "message"),
     [
         (["only one"], "Expected model to return 2 outputs, found 1 outputs"),
         ("a string", "Model must return a list with one output per input; it returned str"),
         (None, "it returned NoneType"),
+        (7, "it returned int"),
+        (iter([1.0]), "Expected model to return 2 outputs, found 1 outputs"),
     ],
 )
 async def test_contract_violations_fail_the_batch(
