@@ -49,6 +49,12 @@ class OnnxModel(TensorModel):
         if len(inputs) != 1:
             raise ModelLoadError(f"the ONNX graph must have one input, it has {len(inputs)}")
         self._input_name = inputs[0].name
+        dims = inputs[0].shape
+        # The graph's own shape past the batch axis, when it is fixed: each input is then
+        # checked against it, and flat inputs are reshaped to it.
+        fixed = len(dims) >= 2 and all(isinstance(d, int) and d > 0 for d in dims[1:])
+        if self.input_shape is None and fixed:
+            self.input_shape = tuple(dims[1:])
         outputs = [o.name for o in self._session.get_outputs()]
         if self._output_name is not None and self._output_name not in outputs:
             raise ModelLoadError(f"output {self._output_name!r} is not among {outputs}")

@@ -62,22 +62,59 @@ class TensorModel(Model):
     def predict(self, inputs: Any) -> Sequence[Any]:
         if self.image is not None:
             batch, positions, errors = self.image.decode_batch(inputs)
+            groups = [(batch, positions)] if positions else []
         else:
-            batch, positions, errors = self._stack(inputs), list(range(len(inputs))), {}
+            groups, errors = self._groups(inputs)
         result: list[Any] = [
             ItemError(errors[i]) if i in errors else None for i in range(len(inputs))
         ]
-        if positions:
-            for i, row in zip(positions, self._format(self.run(batch)), strict=True):
+        for batch, positions in groups:
+            rows: list[str] | list[ItemError]
+            try:
+                rows = self._format(self.run(batch))
+            except Exception as e:
+                if len(groups) == 1:
+                    raise  # the whole batch failed: reported as the batch's failure
+                # One group's failure is its own: the other groups' inputs were well formed.
+                detail = f": {e}" if str(e) else ""
+                rows = [ItemError(f"Model raised {type(e).__name__}{detail}")] * len(positions)
+            for i, row in zip(positions, rows, strict=True):
                 result[i] = row
         return result
 
-    def _stack(self, inputs: Any) -> np.ndarray[Any, Any]:
-        try:
-            ragged = getattr(inputs, "dtype", None) == np.dtype(object)
-            batch = np.asarray(list(inputs) if ragged else inputs, dtype=self.input_dtype)
-        except ValueError as e:
-            raise ValueError(f"inputs of different lengths cannot form one batch: {e}") from e
+    def _groups(
+        self, inputs: Any
+    ) -> tuple[list[tuple[np.ndarray[Any, Any], list[int]]], dict[int, str]]:
+        """The inputs stacked into arrays of equal-length inputs, with their positions in the
+        batch, and why the rest cannot be run.
+
+        Queries from different clients share a batch, so one malformed input must not fail
+        the others: an input whose length the model's input shape rules out gets its own
+        error, and without a known shape, each length runs as its own call.
+        """
+        size = int(np.prod(self.input_shape)) if self.input_shape is not None else None
+        stacked = getattr(inputs, "dtype", None) != np.dtype(object)
+        if stacked and (size is None or inputs.shape[1] == size):
+            # Equal lengths, stacked already, and fit: the common case, one call as before.
+            return [(self._stack(inputs), list(range(len(inputs))))], {}
+        by_length: dict[int, list[int]] = {}
+        errors: dict[int, str] = {}
+        for i, item in enumerate(inputs):
+            if size is not None and len(item) != size:
+                errors[i] = (
+                    f"input has {len(item)} values; the model takes {size} "
+                    f"(input shape {list(self.input_shape or ())})"
+                )
+            else:
+                by_length.setdefault(len(item), []).append(i)
+        groups = [
+            (self._stack(np.stack([np.asarray(inputs[i]) for i in positions])), positions)
+            for positions in by_length.values()
+        ]
+        return groups, errors
+
+    def _stack(self, inputs: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        batch = np.asarray(inputs, dtype=self.input_dtype)
         if self.input_shape is not None:
             batch = batch.reshape((len(batch), *self.input_shape))
         return batch

@@ -92,9 +92,29 @@ class TorchScriptModel(TensorModel):
 
     def run(self, batch: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         torch = self._torch
-        with torch.inference_mode():
-            result = self._program(torch.from_numpy(np.ascontiguousarray(batch)))
+        try:
+            with torch.inference_mode():
+                result = self._program(torch.from_numpy(np.ascontiguousarray(batch)))
+        except RuntimeError as e:
+            short = _without_script_traceback(e)
+            if short is e:
+                raise
+            raise short from e
         if isinstance(result, (tuple, list)):
             result = result[0]
         array: np.ndarray[Any, Any] = result.detach().cpu().numpy()
         return array
+
+
+_SCRIPT_FAILURE = "The following operation failed in the TorchScript interpreter."
+
+
+def _without_script_traceback(error: RuntimeError) -> RuntimeError:
+    """The interpreter's error without the traceback before it: the client gets the cause (the
+    replica's log keeps the whole of it), not this machine's file paths."""
+    text = str(error)
+    if not text.startswith(_SCRIPT_FAILURE):
+        return error
+    last = text.strip().rsplit("\n", 1)[-1]
+    kind, _, message = last.partition(": ")
+    return RuntimeError(message if message and kind.endswith("Error") else last)

@@ -123,6 +123,28 @@ def test_sklearn_pipeline_as_onnx_in_one_call(
     assert np.mean(np.array(served) == pipeline.predict(x[:100])) >= 0.99
 
 
+def test_a_malformed_input_gets_its_own_explained_default(
+    conn: ClipperConnection, net: torch.nn.Module, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, y = digits
+    program = torch.jit.trace(net, torch.zeros(1, 64))
+    torchscript_deployer.create_endpoint(conn, "ts-bad-input", "floats", program, output="argmax")
+    classifier = LogisticRegression(max_iter=200).fit(x, y)
+    onnx_deployer.create_endpoint(conn, "onnx-bad-input", "floats", classifier)
+    inputs = [x[0].tolist(), x[1].tolist()[:5], x[2].tolist()]
+    for app, explanation in (
+        # Without an input shape, the framework's own error, without TorchScript's traceback.
+        ("ts-bad-input", "Model raised RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+        # The ONNX graph's input shape: the input is checked against it first.
+        ("onnx-bad-input", "input has 5 values; the model takes 64 (input shape [64])"),
+    ):
+        first, bad, last = predict(conn, app, {"input_batch": inputs})["batch_predictions"]
+        assert not first["default"] and not last["default"], (first, last)
+        assert bad["default"]
+        assert bad["default_explanation"].startswith(f"Model failed to predict: {explanation}")
+        assert "Traceback" not in bad["default_explanation"]
+
+
 def _png(pixels: np.ndarray, fmt: str = "PNG") -> str:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, fmt)
