@@ -19,6 +19,12 @@ class ItemError:
         return f"ItemError({self.message!r})"
 
 
+def model_raised(error: BaseException) -> str:
+    """What a client is told of an error the model's own code raised."""
+    detail = f": {error}" if str(error) else ""
+    return f"Model raised {type(error).__name__}{detail}"
+
+
 class ModelLoadError(Exception):
     """The model directory cannot be turned into a model; the message says why."""
 

@@ -18,7 +18,7 @@ from clipper_protos import model_pb2, model_pb2_grpc
 from management.input_types import InputType
 from model_containers.batch import BatchContractError, decode_batch, encode_outputs
 from model_containers.metrics import ReplicaMetrics
-from model_containers.model import Model
+from model_containers.model import Model, model_raised
 from model_containers.watchdog import PredictWatchdog
 
 logger = logging.getLogger(__name__)
@@ -143,10 +143,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         except BaseException as e:
             logger.exception("predict raised on a batch of %d", len(request.inputs))
             metrics.failed_batches.inc()
-            detail = f": {e}" if str(e) else ""
-            raise ReplicaError(
-                grpc.StatusCode.INTERNAL, f"Model raised {type(e).__name__}{detail}"
-            ) from e
+            raise ReplicaError(grpc.StatusCode.INTERNAL, model_raised(e)) from e
         handled = time.monotonic()
         try:
             response = encode_outputs(outputs, len(request.inputs))

@@ -16,7 +16,7 @@ import numpy as np
 
 from model_containers.image import ImagePreprocessing
 from model_containers.manifest import ModelManifest
-from model_containers.model import ItemError, Model, ModelLoadError
+from model_containers.model import ItemError, Model, ModelLoadError, model_raised
 
 OUTPUT_FORMATS = ("raw", "argmax", "label")
 LABELS_FILE = "labels.json"
@@ -76,8 +76,7 @@ class TensorModel(Model):
                 if len(groups) == 1:
                     raise  # the whole batch failed: reported as the batch's failure
                 # One group's failure is its own: the other groups' inputs were well formed.
-                detail = f": {e}" if str(e) else ""
-                rows = [ItemError(f"Model raised {type(e).__name__}{detail}")] * len(positions)
+                rows = [ItemError(model_raised(e))] * len(positions)
             for i, row in zip(positions, rows, strict=True):
                 result[i] = row
         return result

@@ -150,14 +150,10 @@ def _parse_numeric(body: bytes, code: str, max_batch_inputs: int) -> PredictRequ
             return PredictRequest([_pack_numbers(doc["input"], code)], version, False)
         batch = doc["input_batch"] if "input_batch" in keys else None
         if isinstance(batch, simdjson.Array):
-            _check_batch_len(
-                len(batch), max_batch_inputs, at_least=len(batch) >= _SIMDJSON_COUNT_CAP
-            )
-        if (
-            isinstance(batch, simdjson.Array)
-            and _count_brackets(body, len(batch) + 2) == len(batch) + 1
-        ):
-            return PredictRequest([_pack_numbers(item, code) for item in batch], version, True)
+            count = len(batch)
+            _check_batch_len(count, max_batch_inputs, at_least=count >= _SIMDJSON_COUNT_CAP)
+            if _count_brackets(body, count + 2) == count + 1:
+                return PredictRequest([_pack_numbers(item, code) for item in batch], version, True)
     except (ValueError, TypeError, _Unusual):
         pass
     return None
