@@ -43,8 +43,9 @@ def decode_batch(input_type: InputType, items: Sequence[bytes]) -> np.ndarray[An
     return ragged
 
 
-def encode_outputs(outputs: Any, expected: int) -> model_pb2.PredictResponse:
-    """str() of each output; an ItemError becomes a per-input error."""
+def encode_outputs(outputs: Any, expected: int, max_bytes: int) -> model_pb2.PredictResponse:
+    """str() of each output; an ItemError becomes a per-input error. Raises BatchContractError
+    if the reply would be over max_bytes."""
     if isinstance(outputs, (str, bytes)) or not hasattr(outputs, "__len__"):
         raise BatchContractError(
             f"Model must return a list with one output per input; it returned "
@@ -60,4 +61,11 @@ def encode_outputs(outputs: Any, expected: int) -> model_pb2.PredictResponse:
             response.outputs.add(error=output.message)
         else:
             response.outputs.add(value=output if isinstance(output, str) else str(output))
+    reply_bytes = response.ByteSize()
+    if reply_bytes > max_bytes:
+        raise BatchContractError(
+            f"The model's {expected} outputs take {reply_bytes / 2**20:.0f} MiB, more than the "
+            f"{max_bytes / 2**20:.0f} MiB one reply can carry: return smaller outputs, or "
+            f"deploy the model with a smaller batch_size"
+        )
     return response

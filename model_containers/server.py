@@ -23,7 +23,9 @@ from model_containers.watchdog import PredictWatchdog
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# gRPC's limit on one message either way, as the frontend's: a batch's reply larger than this
+# fails with an explanation (see encode_outputs) instead of an opaque gRPC error.
+MAX_MESSAGE_BYTES = 1024 * 1024 * 1024
 # Each open call holds one of the server's threads: a frontend process keeps one PredictStream
 # open per replica. Calls beyond this are refused (RESOURCE_EXHAUSTED) instead of waiting for
 # a thread that a stream may hold for hours.
@@ -146,7 +148,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
             raise ReplicaError(grpc.StatusCode.INTERNAL, model_raised(e)) from e
         handled = time.monotonic()
         try:
-            response = encode_outputs(outputs, len(request.inputs))
+            response = encode_outputs(outputs, len(request.inputs), MAX_MESSAGE_BYTES)
         except BatchContractError as e:
             logger.error("%s", e)
             metrics.failed_batches.inc()

@@ -22,7 +22,13 @@ from query_frontend.wire import PREDICT_STREAM_PATH, encode_predict_request
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# gRPC's limit on one message to or from a replica. A batch request stays well under it (see
+# MAX_BATCH_INPUT_BYTES); a reply is held to it by the replica, which explains a larger one.
+MAX_MESSAGE_BYTES = 1024 * 1024 * 1024
+# A batch takes queries until their inputs total this much, and a larger query goes alone:
+# queries that each fit in a message could otherwise form a batch that does not, and it would
+# fail them all.
+MAX_BATCH_INPUT_BYTES = 64 * 1024 * 1024
 # Extra time a batch RPC may take past its latest deadline: late answers still fill the cache.
 RPC_GRACE_S = 30.0
 # Status codes that mean the replica is gone, not that the model failed on this batch.
@@ -564,13 +570,18 @@ class ModelQueue:
         finish = now + latency.predict_seen_s(size) if latency.trusted else now
         batch: list[Query] = []
         late: list[Query] = []
+        batch_bytes = 0
         while self._heap and len(batch) < target:
             query = heapq.heappop(self._heap)
             if query.future.done():
                 continue
             if query.deadline <= finish:
                 late.append(query)
+            elif batch and batch_bytes + len(query.item) > MAX_BATCH_INPUT_BYTES:
+                heapq.heappush(self._heap, query)  # it leads the next batch
+                break
             else:
+                batch_bytes += len(query.item)
                 batch.append(query)
         if not batch and late and self._relearning():
             # Send one anyway: a batch keeps the latency model learning, so a wrong

@@ -18,6 +18,7 @@ from model_containers.loading import create_model
 from model_containers.manifest import ModelManifest
 from model_containers.server import ModelServicer, ReplicaServer
 from query_frontend.batching import (
+    MAX_BATCH_INPUT_BYTES,
     BatchPolicy,
     LatencyModel,
     ModelQueue,
@@ -97,6 +98,20 @@ async def test_batches_take_earliest_deadlines_first_up_to_the_target() -> None:
     batch = await queue.take()
     assert [q.item for q in batch] == [b"1", b"3", b"4"]
     assert len(queue) == 2
+
+
+async def test_a_batch_holds_inputs_up_to_a_byte_budget_and_a_larger_one_goes_alone() -> None:
+    queue = _queue(batch_size=10)
+    now = time.monotonic()
+    # Each fits in a message to the replica, but a batch of them all would not: the message
+    # would fail every query in it.
+    sizes = [MAX_BATCH_INPUT_BYTES * 2 // 5] * 3 + [MAX_BATCH_INPUT_BYTES * 3 // 2, 8]
+    for i, size in enumerate(sizes):
+        queue.put(bytes([i]) * size, now + 10 + i, _future())
+    async with asyncio.timeout(1):
+        batches = [await queue.take() for _ in range(4)]
+    assert [[q.item[0] for q in batch] for batch in batches] == [[0, 1], [2], [3], [4]]
+    assert len(queue) == 0
 
 
 async def test_expired_queries_are_shed_while_no_worker_takes_them() -> None:
@@ -588,6 +603,32 @@ async def test_a_replica_restarted_at_its_address_answers_the_next_batch(tmp_pat
         server, _ = await _serve(_save_closure(tmp_path / "second", _double), port)
         assert await _answer(queue, 3.0) == "6.0"
         assert gone == []
+    finally:
+        await worker.stop()
+        await server.stop(0)
+
+
+async def test_a_batch_whose_outputs_take_hundreds_of_megabytes_is_answered(tmp_path: Path) -> None:
+    def large(xs: Any) -> list[str]:
+        return [str(int(x[0])) * (150 * 1024 * 1024) for x in xs]
+
+    server, port = await _serve(_save_closure(tmp_path / "model", large))
+    queue = _queue(batch_size=2)
+    worker = ReplicaWorker(
+        "r1", queue, ReplicaClient(f"127.0.0.1:{port}"), lambda *_: None, lambda _: None
+    )
+    futures = [_future() for _ in range(2)]
+    for digit, future in enumerate(futures, start=1):
+        queue.put(struct.pack("<d", digit), time.monotonic() + 60, future)
+    worker.start()
+    try:
+        # One reply of 300 MiB: over gRPC's limit as it was, which failed both queries.
+        async with asyncio.timeout(60):
+            outputs = await asyncio.gather(*futures)
+        assert [(len(o), o[0]) for o in outputs] == [
+            (150 * 1024 * 1024, "1"),
+            (150 * 1024 * 1024, "2"),
+        ]
     finally:
         await worker.stop()
         await server.stop(0)
