@@ -21,7 +21,10 @@ class ReplicaSettings(BaseSettings):
     redis_ip: str = "localhost"
     redis_port: int = 6379
     heartbeat_interval_s: float = 1.0
-    heartbeat_ttl_s: float = 3.0
+    # The heartbeat runs in Python, so a model call that holds the GIL (a regular expression,
+    # a C extension, encoding a reply of hundreds of MB) holds it back. A dead replica is found
+    # sooner anyway, by the connection that closed; the ttl covers one that went silent.
+    heartbeat_ttl_s: float = 30.0
     shutdown_grace_s: float = 10.0
     # A predict call that runs longer than this makes the replica exit, to be started anew by
     # its keeper or Docker: a model stuck in a call would fail every batch sent to it. Longer

@@ -333,6 +333,9 @@ class ModelQueue:
         self._calibration = 1.0
         self._admitted_expected_s = 0.0
         self._last_batch_at = time.monotonic()
+        # Set once the last replica has left: queries a worker hands back after that (its
+        # batch found the replica gone) get this error, as those still queued did.
+        self._closed_with: Exception | None = None
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -402,8 +405,13 @@ class ModelQueue:
         return time.monotonic() - self._last_batch_at > self.RELEARN_S
 
     def requeue(self, queries: list[Query]) -> None:
+        closed_with = self._closed_with
         for query in queries:
-            if not query.future.done():
+            if query.future.done():
+                continue
+            if closed_with is not None:
+                query.future.set_exception(closed_with)
+            else:
                 heapq.heappush(self._heap, query)
         self._on_change()
 
@@ -600,6 +608,8 @@ class ModelQueue:
         return batch
 
     def fail_all(self, error: Exception) -> None:
+        """Fails every query queued now or handed back later: the queue has no replica left."""
+        self._closed_with = error
         for query in self._heap:
             if not query.future.done():
                 query.future.set_exception(error)
@@ -719,30 +729,52 @@ class ReplicaWorker:
         self._on_batch = on_batch
         self._on_gone = on_gone
         self._task: asyncio.Task[None] | None = None
+        self._sending = False
+        self._retiring = False
+        self._closed = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"replica-worker-{self.replica_key}")
 
+    def retire(self) -> None:
+        """Takes no more batches, but lets the batch in flight finish: the replica's record
+        is gone, not necessarily the replica. It may be stopping gracefully, which finishes
+        that batch, or busy in a call that held the GIL past its heartbeat's ttl; a dead one
+        fails the batch, which then goes back to the queue."""
+        self._retiring = True
+        if not self._sending and self._task is not None:
+            self._task.cancel()
+
     async def stop(self) -> None:
+        """Stops at once; a batch in flight goes back to the queue for another replica."""
         if self._task is not None:
             self._task.cancel()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Waits for the worker to end (see retire and stop), then closes its connection."""
+        if self._task is not None:
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        await self._client.close()
+        if not self._closed:
+            self._closed = True
+            await self._client.close()
 
     async def _run(self) -> None:
-        while True:
+        while not self._retiring:
             batch = await self._queue.take()
+            self._sending = True
             try:
                 replica_alive = await self._send(batch)
             except asyncio.CancelledError:
                 self._queue.requeue(batch)  # stopped mid-batch: another replica takes them
                 raise
             finally:
+                self._sending = False
                 self._queue.batch_done()
-            if not replica_alive:
+            if not replica_alive or self._retiring:
                 return
             if self._queue.policy.latency.predict_s(len(batch)) >= self.REPLY_FIRST_FROM_S:
                 # Two passes: a handler waits on its queries through a callback of theirs

@@ -53,7 +53,9 @@ class Router:
         self._workers: dict[str, tuple[ModelId, ReplicaWorker]] = {}
         # Replicas this frontend found dead; ignored until Redis no longer lists them.
         self._gone: set[str] = set()
-        # Workers being stopped, so that close() can wait for them: no task outlives the app.
+        # Workers retired with a batch still in flight, and the tasks that close them once it
+        # is answered, so that close() can end them: no task outlives the app.
+        self._retiring: set[ReplicaWorker] = set()
         self._stopping: set[asyncio.Task[None]] = set()
 
     def app(self, name: str) -> AppRecord | None:
@@ -120,9 +122,12 @@ class Router:
     def _remove_worker(self, key: str) -> None:
         model_id, worker = self._workers.pop(key)
         self._queues[model_id].num_workers -= 1
-        task = asyncio.get_running_loop().create_task(worker.stop())
+        worker.retire()
+        self._retiring.add(worker)
+        task = asyncio.get_running_loop().create_task(worker.wait_closed())
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
+        task.add_done_callback(lambda _: self._retiring.discard(worker))
         logger.info("replica %s left", key)
         if self.num_replicas(*model_id) == 0:
             queue = self._queues.pop(model_id)
@@ -137,6 +142,8 @@ class Router:
     async def close(self) -> None:
         for key in list(self._workers):
             _, worker = self._workers.pop(key)
+            await worker.stop()
+        for worker in list(self._retiring):
             await worker.stop()
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)

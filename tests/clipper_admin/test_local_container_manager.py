@@ -314,8 +314,9 @@ def test_a_redis_killed_with_its_keeper_is_restarted_by_start_clipper_with_nothi
     repair.start_clipper()
     assert repair.get_query_addr() == clipper_conn.get_query_addr()
     assert repair.get_all_apps() == ["steady"]
-    # Down for longer than its ttl (3 s), Redis came back without the replica's record: the
-    # frontend routes to it again once its next heartbeat (every 1 s) writes and announces it.
+    # Redis came back from its append-only file, with the replica's record if its ttl (30 s)
+    # had not run out, or else without it: then the frontend routes to it again once its next
+    # heartbeat (every 1 s) writes and announces it.
     wait_for(
         lambda: predict(repair, "steady", {"input": _counter(2)})["output"] == 3.0,
         3.0,

@@ -22,6 +22,7 @@ from query_frontend.batching import (
     BatchPolicy,
     LatencyModel,
     ModelQueue,
+    NoReplicas,
     Overloaded,
     QueryExpired,
     ReplicaClient,
@@ -632,3 +633,50 @@ async def test_a_batch_whose_outputs_take_hundreds_of_megabytes_is_answered(tmp_
     finally:
         await worker.stop()
         await server.stop(0)
+
+
+def _slow_double(xs: Any) -> list[str]:
+    import time
+
+    time.sleep(0.5)
+    return [str(2 * float(x[0])) for x in xs]
+
+
+async def test_a_retired_worker_answers_its_batch_in_flight_and_takes_no_more(
+    tmp_path: Path,
+) -> None:
+    server, port = await _serve(_save_closure(tmp_path / "model", _slow_double))
+    queue = _queue(batch_size=1)
+    worker = ReplicaWorker(
+        "r1", queue, ReplicaClient(f"127.0.0.1:{port}"), lambda *_: None, lambda _: None
+    )
+    futures = [_future() for _ in range(2)]
+    for x, future in enumerate(futures, start=1):
+        queue.put(struct.pack("<d", x), time.monotonic() + 10, future)
+    worker.start()
+    try:
+        await asyncio.sleep(0.2)  # the first query's batch is at the replica
+        # As when the replica's record expired, or it deregistered to stop gracefully.
+        worker.retire()
+        async with asyncio.timeout(5):
+            assert await futures[0] == "2.0"
+            await worker.wait_closed()
+        # The other stays queued for another replica, neither sent nor failed.
+        assert not futures[1].done()
+        assert len(queue) == 1
+    finally:
+        await worker.stop()
+        await server.stop(0)
+
+
+async def test_queries_handed_back_after_the_last_replica_left_get_no_replicas() -> None:
+    queue = _queue(batch_size=2)
+    futures = [_future() for _ in range(3)]
+    for i, future in enumerate(futures):
+        queue.put(bytes(8), time.monotonic() + 10 + i, future)
+    batch = await queue.take()
+    queue.fail_all(NoReplicas())
+    # The batch's replica turned out gone: with none left, its queries are not stranded.
+    queue.requeue(batch)
+    assert [type(f.exception()) for f in futures] == [NoReplicas] * 3
+    assert len(queue) == 0

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+import pytest
 
 from clipper_admin import ClipperConnection
 from clipper_admin.deployers.python import create_endpoint
@@ -269,3 +270,32 @@ def test_answers_that_come_back_after_the_deadline_are_counted(
     # The batch is still running in the replica.
     wait_for(lambda: late_answers() > 0, 5, "the late batch to come back")
     assert late_answers() == 1
+
+
+def test_a_replica_that_holds_the_gil_past_its_heartbeat_ttl_still_answers_its_batch(
+    clipper_conn: ClipperConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A ttl shorter than one call, as for a call longer than the default ttl: the replica's
+    # heartbeat cannot run while the model holds the GIL, and its record expires. Replicas of
+    # the embedded cluster get this process's environment.
+    monkeypatch.setenv("CLIPPER_HEARTBEAT_INTERVAL_S", "0.2")
+    monkeypatch.setenv("CLIPPER_HEARTBEAT_TTL_S", "1")
+
+    def holds_the_gil(xs: np.ndarray) -> list[str]:
+        import re
+
+        # Backtracking in the regular expression engine, in C, without a GIL release: about
+        # 2 s for 26 letters, 0.1 s for 20.
+        return [str(re.match(r"(a+)+b", "a" * int(x[0])) is None) for x in xs]
+
+    create_endpoint(clipper_conn, "hold", "doubles", holds_the_gil, slo_micros=30_000_000)
+    assert predict(clipper_conn, "hold", {"input": [20.0]})["output"] == "True"
+    started = time.monotonic()
+    response = predict(clipper_conn, "hold", {"input": [26.0]})
+    assert response == {"query_id": 1, "output": "True", "default": False}
+    assert time.monotonic() - started < 10
+    # The record did expire meanwhile: the frontend saw the replica leave routing.
+    logs = Path(clipper_conn.cm.cluster_dir) / "logs"  # type: ignore[attr-defined]
+    assert " left" in "".join(
+        line for line in (logs / "query_frontend.log").open() if "replica hold:1:0@" in line
+    )
