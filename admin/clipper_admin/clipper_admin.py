@@ -170,13 +170,16 @@ class ClipperConnection:
         num_replicas: int = 1,
         batch_size: int = -1,
         pkgs_to_install: list[str] | None = None,
+        make_current: bool = True,
     ) -> None:
         self._require_connection()
         image = self.build_model(
             name, version, model_data_path, base_image, container_registry, pkgs_to_install
         )
         # build_model checked the name and that no replica serves this version.
-        self._deploy(name, str(version), input_type, image, labels, num_replicas, batch_size)
+        self._deploy(
+            name, str(version), input_type, image, labels, num_replicas, batch_size, make_current
+        )
 
     def build_model(
         self,
@@ -205,12 +208,19 @@ class ClipperConnection:
         labels: list[str] | None = None,
         num_replicas: int = 1,
         batch_size: int = -1,
+        make_current: bool = True,
     ) -> None:
+        """Starts the version's replicas and registers it. It becomes the current version, as in
+        Clipper, unless make_current is False and the model already has one: then the current
+        version keeps serving, queries that name this version (`"version"`) reach it, and
+        set_model_version switches to it."""
         self._require_connection()
         version = str(version)
         _validate_versioned_model_name(name, version)
         self._refuse_redeploying_served_version(name, version)
-        self._deploy(name, version, input_type, image, labels, num_replicas, batch_size)
+        self._deploy(
+            name, version, input_type, image, labels, num_replicas, batch_size, make_current
+        )
 
     def _deploy(
         self,
@@ -221,9 +231,10 @@ class ClipperConnection:
         labels: list[str] | None,
         num_replicas: int,
         batch_size: int,
+        make_current: bool,
     ) -> None:
         self.cm.deploy_model(name, version, input_type, image, num_replicas)
-        self.register_model(name, version, input_type, image, labels, batch_size)
+        self.register_model(name, version, input_type, image, labels, batch_size, make_current)
         self.logger.info("Done deploying model %s:%s.", name, version)
 
     def _refuse_redeploying_served_version(self, name: str, version: str) -> None:
@@ -248,20 +259,21 @@ class ClipperConnection:
         image: str | None = None,
         labels: list[str] | None = None,
         batch_size: int = -1,
+        make_current: bool = True,
     ) -> None:
         self._require_connection()
-        self._post(
-            "add_model",
-            {
-                "model_name": name,
-                "model_version": str(version),
-                "labels": labels or DEFAULT_LABEL,
-                "input_type": input_type,
-                "container_name": image or CONTAINERLESS_MODEL_IMAGE,
-                "model_data_path": "DEPRECATED",
-                "batch_size": batch_size,
-            },
-        )
+        body: dict[str, Any] = {
+            "model_name": name,
+            "model_version": str(version),
+            "labels": labels or DEFAULT_LABEL,
+            "input_type": input_type,
+            "container_name": image or CONTAINERLESS_MODEL_IMAGE,
+            "model_data_path": "DEPRECATED",
+            "batch_size": batch_size,
+        }
+        if not make_current:  # only then: the body stays Clipper's for every other call
+            body["make_current"] = False
+        self._post("add_model", body)
         self.logger.info("Successfully registered model %s:%s", name, version)
 
     def get_current_model_version(self, name: str) -> str:

@@ -50,11 +50,16 @@ _SCHEMAS: dict[str, dict[str, str]] = {
     "get_container": {"model_name": _STR, "model_version": _STR, "replica_id": _INT},
     "get_state": {"app_name": _STR, "uid": _INT},
 }
+# Keys a route takes but does not require, beyond Clipper's own.
+_OPTIONAL: dict[str, dict[str, str]] = {"add_model": {"make_current": _BOOL}}
 _INT32_MAX = 2**31 - 1
 
 
 def _schema_text(route: str) -> str:
-    fields = ",\n".join(f'  "{name}" := {kind}' for name, kind in _SCHEMAS[route].items())
+    fields = ",\n".join(
+        [f'  "{name}" := {kind}' for name, kind in _SCHEMAS[route].items()]
+        + [f'  "{name}" := {kind} (optional)' for name, kind in _OPTIONAL.get(route, {}).items()]
+    )
     return "{\n" + fields + "\n}"
 
 
@@ -88,6 +93,9 @@ async def _parse(request: web.Request, route: str) -> dict[str, Any]:
             raise fail(f"JSON key {name} must be of type {kind}")
         if kind == _INT and abs(body[name]) > _INT32_MAX:
             raise fail(f"JSON key {name} is out of the 32-bit integer range")
+    for name, kind in _OPTIONAL.get(route, {}).items():
+        if name in body and not _type_ok(body[name], kind):
+            raise fail(f"JSON key {name} must be of type {kind}")
     return body
 
 
@@ -173,6 +181,7 @@ def create_app(store: Store) -> web.Application:
             b["container_name"],
             b["model_data_path"],
             b["batch_size"],
+            b.get("make_current", True),
         ),
         "set_model_version": lambda s, b: s.set_model_version(b["model_name"], b["model_version"]),
         "delete_versioned_model": lambda s, b: s.delete_versioned_model(

@@ -116,7 +116,10 @@ class AdminService:
         container_name: str,
         model_data_path: str,
         batch_size: int,
+        make_current: bool = True,
     ) -> str:
+        """Adds a version, which becomes the current one unless make_current is False and the
+        model already has a current version (the one serving keeps serving: a staged deploy)."""
         if batch_size != DEFAULT_BATCH_SIZE and batch_size <= 0:
             raise AdminError("The batch size must be positive or DEFAULT_BATCH_SIZE, which is -1")
         _check_name("model name", model_name)
@@ -139,10 +142,18 @@ class AdminService:
                 # A script run again deploys its versions again; adding a version makes it
                 # current, so the same version added again does too.
                 await self._check_linked_input_type(model_name, kind.canonical_name)
-                await self._store.set_current_version(model_name, model_version)
+                current = await self._store.get_current_version(model_name)
+                if make_current or current is None:
+                    await self._store.set_current_version(model_name, model_version)
+                    current = model_version
+                which = (
+                    "it is the current version"
+                    if current == model_version
+                    else f"the current version is still '{current}'"
+                )
                 return (
                     f"Model with name '{model_name}' and version '{model_version}' already "
-                    "exists with these settings; it is the current version"
+                    f"exists with these settings; {which}"
                 )
             if existing is not None:
                 raise AdminError(
@@ -150,10 +161,12 @@ class AdminService:
                     " with other settings: deploy it as a new version"
                 )
             await self._check_linked_input_type(model_name, kind.canonical_name)
-            await self._store.add_model(record)
+            await self._store.add_model(record, make_current)
+            current = await self._store.get_current_version(model_name)
+        staged = "" if current == model_version else f"; the current version is still '{current}'"
         return (
             f"Successfully added model with name '{model_name}' "
-            f"and input type '{kind.canonical_name}'"
+            f"and input type '{kind.canonical_name}'{staged}"
         )
 
     async def set_model_version(self, model_name: str, model_version: str) -> str:

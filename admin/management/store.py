@@ -214,8 +214,9 @@ class Store:
 
     # Models
 
-    async def add_model(self, model: ModelRecord) -> bool:
-        """Adds a version and makes it the model's current version; False if it exists."""
+    async def add_model(self, model: ModelRecord, make_current: bool = True) -> bool:
+        """Adds a version and makes it the model's current version, or only if the model has
+        none when make_current is False; False if the version exists."""
         added = await self._redis.sadd(MODELS, f"{model.name}:{model.version}")
         if not added:
             return False
@@ -233,7 +234,7 @@ class Store:
                 },
             )
             pipe.sadd(_versions_key(model.name), model.version)
-            pipe.set(_current_key(model.name), model.version)
+            pipe.set(_current_key(model.name), model.version, nx=not make_current)
             await pipe.execute()
         await self.notify_changed("models")
         return True

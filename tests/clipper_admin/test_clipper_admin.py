@@ -171,6 +171,29 @@ def test_query_specific_model_version(clipper_conn: ClipperConnection) -> None:
     }
 
 
+def test_a_staged_version_serves_only_queries_that_name_it_until_it_is_made_current(
+    clipper_conn: ClipperConnection,
+) -> None:
+    clipper_conn.register_application("staged", "doubles", "DEFAULT", 3000000)
+    deploy_python_closure(clipper_conn, "blue-green", "1", "doubles", lambda xs: ["1"] * len(xs))
+    clipper_conn.link_model_to_app("staged", "blue-green")
+    deploy_python_closure(
+        clipper_conn, "blue-green", "2", "doubles", lambda xs: ["2"] * len(xs), make_current=False
+    )
+    assert clipper_conn.get_current_model_version("blue-green") == "1"
+    assert clipper_conn.get_num_replicas("blue-green", "2") == 1
+    assert predict(clipper_conn, "staged", {"input": [1.0]})["output"] == 1
+    assert predict(clipper_conn, "staged", {"input": [2.0], "version": "2"})["output"] == 2
+    clipper_conn.set_model_version("blue-green", "2")
+    # The frontend learns of the switch from a Redis event, a moment later.
+    queries = iter(range(3, 10_000))
+    wait_for(
+        lambda: predict(clipper_conn, "staged", {"input": [float(next(queries))]})["output"] == 2,
+        5,
+        "the frontend to route to the new current version",
+    )
+
+
 def test_unlinked_app_returns_default_predictions(clipper_conn: ClipperConnection) -> None:
     clipper_conn.register_application("app3", "doubles", "DEFAULT", 3000000)
     response = predict(clipper_conn, "app3", {"input": [1.1, 2.2]})

@@ -187,6 +187,36 @@ async def test_model_versions(admin: Admin) -> None:
     assert await admin.ok("get_model", body) == {}
 
 
+async def test_a_version_added_without_make_current_leaves_the_current_one_serving(
+    admin: Admin,
+) -> None:
+    # A model's first version is current whatever make_current says: nothing else could serve.
+    assert await admin.ok("add_model", {**_model("m", "1"), "make_current": False}) == (
+        "Successfully added model with name 'm' and input type 'doubles'"
+    )
+    assert await admin.ok("add_model", {**_model("m", "2"), "make_current": False}) == (
+        "Successfully added model with name 'm' and input type 'doubles'; the current version "
+        "is still '1'"
+    )
+    assert await admin.ok("add_model", {**_model("m", "2"), "make_current": False}) == (
+        "Model with name 'm' and version '2' already exists with these settings; the current "
+        "version is still '1'"
+    )
+
+    async def current() -> list[str]:
+        models = await admin.ok("get_all_models", {"verbose": True})
+        return [m["model_version"] for m in models if m["is_current_version"]]
+
+    assert await current() == ["1"]
+    await admin.ok("set_model_version", {"model_name": "m", "model_version": "2"})
+    assert await current() == ["2"]
+    await admin.ok("add_model", {**_model("m", "3"), "make_current": True})
+    assert await current() == ["3"]
+    error = await admin.error("add_model", {**_model("m", "4"), "make_current": "no"})
+    assert error.startswith("Error parsing JSON: JSON key make_current must be of type boolean.")
+    assert '"make_current" := boolean (optional)' in error
+
+
 async def test_new_version_must_keep_the_linked_input_type(admin: Admin) -> None:
     await admin.ok("add_app", _app())
     await admin.ok("add_model", _model("m", "1"))

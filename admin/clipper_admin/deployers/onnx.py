@@ -81,6 +81,7 @@ def deploy_onnx_model(
     batch_size: int = -1,
     pkgs_to_install: list[str] | None = None,
     intra_op_threads: int | None = None,
+    make_current: bool = True,
 ) -> None:
     """Serves an ONNX graph with one session call per batch (see deploy_torchscript_model)."""
     import onnxruntime
@@ -104,7 +105,7 @@ def deploy_onnx_model(
         )
         Deployment(
             name, version, input_type, base_image, labels, registry, num_replicas, batch_size,
-            pkgs_to_install,
+            pkgs_to_install, make_current,
         ).run(clipper_conn, model_dir)  # fmt: skip
 
 

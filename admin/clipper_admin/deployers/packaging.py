@@ -47,6 +47,7 @@ class Deployment:
     num_replicas: int = 1
     batch_size: int = -1
     pkgs_to_install: list[str] | None = None
+    make_current: bool = True
 
     def run(self, clipper_conn: ClipperConnection, model_dir: Path) -> None:
         logger.info("Deploying %s:%s from %s", self.name, self.version, model_dir)
@@ -61,6 +62,7 @@ class Deployment:
             self.num_replicas,
             self.batch_size,
             self.pkgs_to_install,
+            make_current=self.make_current,
         )
 
 

@@ -75,11 +75,13 @@ def deploy_python_closure(
     num_replicas: int = 1,
     batch_size: int = -1,
     pkgs_to_install: list[str] | None = None,
+    make_current: bool = True,
 ) -> None:
-    """Deploys func as version `version` of model `name`; it becomes the current version."""
+    """Deploys func as version `version` of model `name`; it becomes the current version,
+    unless make_current is False and the model has one (see ClipperConnection.deploy_model)."""
     with model_directory(name) as model_dir:
         save_python_function(model_dir, func)
         Deployment(
             name, version, input_type, base_image, labels, registry, num_replicas, batch_size,
-            pkgs_to_install,
+            pkgs_to_install, make_current,
         ).run(clipper_conn, model_dir)  # fmt: skip

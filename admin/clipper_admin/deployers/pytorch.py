@@ -96,11 +96,12 @@ def deploy_pytorch_model(
     batch_size: int = -1,
     pkgs_to_install: list[str] | None = None,
     intra_op_threads: int | None = None,
+    make_current: bool = True,
 ) -> None:
     """Serves pytorch_model: each batch runs func(model, inputs) under torch.inference_mode()."""
     with model_directory(name) as model_dir:
         save_pytorch_model(model_dir, func, pytorch_model, intra_op_threads)
         Deployment(
             name, version, input_type, base_image, labels, registry, num_replicas, batch_size,
-            pkgs_to_install,
+            pkgs_to_install, make_current,
         ).run(clipper_conn, model_dir)  # fmt: skip

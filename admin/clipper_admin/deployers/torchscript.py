@@ -52,6 +52,7 @@ def deploy_torchscript_model(
     batch_size: int = -1,
     pkgs_to_install: list[str] | None = None,
     intra_op_threads: int | None = None,
+    make_current: bool = True,
 ) -> None:
     """Serves a TorchScript program with one call per batch.
 
@@ -80,7 +81,7 @@ def deploy_torchscript_model(
         )
         Deployment(
             name, version, input_type, base_image, labels, registry, num_replicas, batch_size,
-            pkgs_to_install,
+            pkgs_to_install, make_current,
         ).run(clipper_conn, model_dir)  # fmt: skip
 
 
