@@ -6,6 +6,7 @@ import math
 import re
 import time
 from collections import deque
+from collections.abc import Collection
 from typing import Any
 
 _RESERVOIR_SIZE = 4096
@@ -133,6 +134,24 @@ class Histogram:
         return {"unit": self.unit, "size": str(n), **{k: str(v) for k, v in stats.items()}}
 
 
+def _drop_removed(
+    metrics: dict[str, Any], apps: Collection[str], models: Collection[tuple[str, str]]
+) -> None:
+    """Removes "app:<app>:..." and "model:<name>:<version>:..." entries whose app or model
+    version is not listed (names hold no colon: the admin service checks them)."""
+    for name in list(metrics):
+        kind, _, rest = name.partition(":")
+        if kind == "app":
+            removed = rest.partition(":")[0] not in apps
+        elif kind == "model":
+            model, _, rest = rest.partition(":")
+            removed = (model, rest.partition(":")[0]) not in models
+        else:
+            removed = False
+        if removed:
+            del metrics[name]
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
@@ -165,6 +184,15 @@ class MetricsRegistry:
         if name not in self._histograms:
             self._histograms[name] = Histogram(unit)
         return self._histograms[name]
+
+    def retain(self, apps: Collection[str], models: Collection[tuple[str, str]]) -> None:
+        """Drops the metrics of every app and model version not among these. They were
+        removed from the cluster, and their histograms hold thousands of samples each: in a
+        cluster whose apps and versions come and go they would only add up."""
+        _drop_removed(self._counters, apps, models)
+        _drop_removed(self._ratios, apps, models)
+        _drop_removed(self._meters, apps, models)
+        _drop_removed(self._histograms, apps, models)
 
     def prometheus_text(self) -> str:
         """Every numeric field as a gauge, named as Clipper's frontend-exporter named them."""

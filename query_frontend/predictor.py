@@ -6,7 +6,7 @@ import asyncio
 import functools
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +110,14 @@ class Predictor:
         self._cache_hit_ratio = metrics.ratio("internal:prediction_cache_hit_ratio")
         self._unread_wait = metrics.histogram("internal:unread_wait")
         self._late_replies = metrics.counter("internal:late_replies")
+
+    def forget_removed(self, apps: Collection[str], models: Collection[tuple[str, str]]) -> None:
+        """Drops the metrics of apps and model versions no longer in the cluster."""
+        self._metrics.retain(apps, models)
+        for app_name in [a for a in self._app_metrics if a not in apps]:
+            del self._app_metrics[app_name]
+        for model_id in [m for m in self._model_metrics if m not in models]:
+            del self._model_metrics[model_id]
 
     def known_app(self, app_name: str) -> bool:
         return self._router.app(app_name) is not None

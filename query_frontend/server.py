@@ -12,7 +12,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from management.store import Store
+from management.store import ClusterState, Store
 from query_frontend.arrival import ArrivalClock
 from query_frontend.cache import PredictionCache
 from query_frontend.codec import json_error
@@ -146,7 +146,12 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
     redis = aioredis.Redis(
         host=settings.redis_host, port=settings.redis_port, decode_responses=True
     )
-    watcher = ClusterWatcher(Store(redis), router.apply, settings.resync_interval_s)
+
+    def apply(state: ClusterState) -> None:
+        router.apply(state)
+        predictor.forget_removed(state.apps.keys(), state.models.keys())
+
+    watcher = ClusterWatcher(Store(redis), apply, settings.resync_interval_s)
     loop_lag = LoopLag()
     predictor = Predictor(router, cache, registry, watcher.ensure_fresh, settings.max_batch_inputs)
     app[PREDICTOR_KEY] = predictor

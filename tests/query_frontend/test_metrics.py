@@ -44,3 +44,27 @@ def test_merged_workers_add_counts_and_pool_samples() -> None:
     meter = _entries(report, "meters")["app:a:prediction_throughput"]
     assert float(meter["rate"]) > 0
     assert set(meter) == {"unit", "rate", "rate_1min", "rate_5min", "rate_15min"}
+
+
+def test_metrics_of_removed_apps_and_model_versions_are_dropped() -> None:
+    registry = MetricsRegistry()
+    for app in ("kept", "gone"):
+        registry.counter(f"app:{app}:num_predictions").increment(1)
+        registry.histogram(f"app:{app}:prediction_latency").insert(1.0)
+    for version in ("1", "2"):
+        registry.counter(f"model:m:{version}:batches").increment(1)
+        registry.ratio(f"model:m:{version}:cache_hit_ratio").increment(0, 1)
+        registry.meter(f"model:m:{version}:prediction_throughput").mark(1)
+    registry.counter("internal:aggregate_num_predictions").increment(4)
+
+    registry.retain({"kept"}, {("m", "2")})
+
+    report = registry.report()
+    assert sorted(name for kind in report for entry in report[kind] for name in entry) == [
+        "app:kept:num_predictions",
+        "app:kept:prediction_latency",
+        "internal:aggregate_num_predictions",
+        "model:m:2:batches",
+        "model:m:2:cache_hit_ratio",
+        "model:m:2:prediction_throughput",
+    ]

@@ -14,7 +14,7 @@ import requests
 
 from clipper_admin import ClipperConnection, ClipperException
 from clipper_admin.deployers.python import create_endpoint
-from tests.conftest import new_connection, predict
+from tests.conftest import new_connection, predict, wait_for
 
 
 def _describe(xs: Any) -> list[str]:
@@ -234,6 +234,25 @@ def test_metrics_report_clipper_shape(conn: ClipperConnection) -> None:
     assert histograms["app:doubles-app:prediction_latency"]["unit"] == "microseconds"
     assert float(histograms["app:doubles-app:prediction_latency"]["p99"]) > 0
     assert all(isinstance(v, str) for h in histograms.values() for v in h.values())
+
+
+def test_metrics_of_a_removed_app_and_model_are_dropped(conn: ClipperConnection) -> None:
+    def names() -> set[str]:
+        metrics = conn.inspect_instance()
+        return {name for kind in metrics.values() for entry in kind for name in entry}
+
+    create_endpoint(conn, "short-lived", "doubles", lambda xs: [1] * len(xs))
+    predict(conn, "short-lived", {"input": [1.0]})
+    assert {"app:short-lived:num_predictions", "model:short-lived:1:batches"} <= names()
+    conn.unregister_application("short-lived")
+    conn.stop_models(["short-lived"])
+    removed = ("app:short-lived:", "model:short-lived:")
+    wait_for(
+        lambda: not any(name.startswith(removed) for name in names()),
+        5,
+        "the frontend to drop the removed app's and model's metrics",
+    )
+    assert "app:doubles-app:num_predictions" in names()
 
 
 def test_update_route_accepts_feedback(conn: ClipperConnection) -> None:
