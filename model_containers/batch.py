@@ -59,8 +59,15 @@ def encode_outputs(outputs: Any, expected: int, max_bytes: int) -> model_pb2.Pre
     for output in outputs:
         if isinstance(output, ItemError):
             response.outputs.add(error=output.message)
+            continue
+        value = output if isinstance(output, str) else str(output)
+        # isascii() is a flag lookup; only other text can hold a lone surrogate, which gRPC
+        # would fail to encode once the reply is sent, taking the whole batch with it.
+        problem = None if value.isascii() else _not_utf8(value)
+        if problem is None:
+            response.outputs.add(value=value)
         else:
-            response.outputs.add(value=output if isinstance(output, str) else str(output))
+            response.outputs.add(error=problem)
     reply_bytes = response.ByteSize()
     if reply_bytes > max_bytes:
         raise BatchContractError(
@@ -69,3 +76,12 @@ def encode_outputs(outputs: Any, expected: int, max_bytes: int) -> model_pb2.Pre
             f"deploy the model with a smaller batch_size"
         )
     return response
+
+
+def _not_utf8(value: str) -> str | None:
+    """Why value cannot be sent as UTF-8 text, or None if it can."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as e:
+        return f"output is not valid UTF-8 text: {e}"
+    return None

@@ -21,3 +21,14 @@ def test_a_reply_over_the_limit_fails_its_batch_with_what_to_change() -> None:
         "The model's 2 outputs take 1 MiB, more than the 1 MiB one reply can carry: return "
         "smaller outputs, or deploy the model with a smaller batch_size"
     )
+
+
+def test_an_output_that_is_not_valid_text_fails_alone() -> None:
+    # A lone surrogate, as text decoded with errors="surrogateescape" can hold.
+    response = encode_outputs(["caf\u00e9", "bad \udcff", "ok"], 3, max_bytes=1000)
+    assert [o.WhichOneof("result") for o in response.outputs] == ["value", "error", "value"]
+    assert response.outputs[1].error == (
+        "output is not valid UTF-8 text: 'utf-8' codec can't encode character '\\udcff' in "
+        "position 4: surrogates not allowed"
+    )
+    response.SerializeToString()  # what gRPC does with it: no error
