@@ -82,8 +82,13 @@ async def _parse(request: web.Request, route: str) -> dict[str, Any]:
     raw = await request.read()
     try:
         body = json.loads(raw) if raw.strip() else None
+        # An escaped lone surrogate ("\ud800") parses, but is not text: Redis could not store
+        # it, and the call would fail with a 500.
+        json.dumps(body, ensure_ascii=False).encode()
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise fail(f"JSON parse error: {e}") from None
+    except UnicodeEncodeError as e:
+        raise fail(f"JSON parse error: a string holds a lone surrogate ({e.reason})") from None
     if not isinstance(body, dict):
         raise fail("the request body must be a JSON object")
     for name, kind in _SCHEMAS[route].items():
