@@ -168,12 +168,15 @@ class Predictor:
         # A request that waited unread past its SLO is not queued: it would only delay the
         # queries behind it.
         expired = deadline <= time.monotonic()
-        hits = overloaded = 0
+        hits = overloaded = joined = 0
         for item in request.inputs:
             key = (name, version, item)
             future = self._cache.lookup(key)
-            if future is not None and future.done():
-                hits += 1
+            if future is not None:
+                if future.done():
+                    hits += 1
+                else:
+                    joined += 1
             if future is None and queue is not None:
                 future = self._cache.start(key)
                 if expired:
@@ -198,6 +201,10 @@ class Predictor:
             await _wait_until([], deadline)
         elif pending:
             await _wait_until(pending, deadline)
+            if joined:
+                await self._requeue_twins_shed_early(
+                    name, version, request.inputs, futures, deadline
+                )
 
         # An answer that came back in time is still late if the handler only runs when the SLO
         # has (all but) passed (the loop was busy, or the process off the CPU), and the SLO
@@ -216,6 +223,47 @@ class Predictor:
             self._late_replies.increment(late_replies)
         self._record(app_name, model_id, predictions, started, unread_s)
         return request.is_batch, predictions
+
+    async def _requeue_twins_shed_early(
+        self,
+        name: str,
+        version: str,
+        items: list[bytes],
+        futures: list[asyncio.Future[str] | None],
+        deadline: float,
+    ) -> None:
+        """Queues again, with this request's deadline, each query that waited on an identical
+        one in flight which the queue then shed (expired, or refused as overloaded), and waits
+        for them.
+
+        That twin had a deadline of its own, earlier (another app's shorter SLO, or a client
+        that asked first), so its fate says nothing about this query's: an app with a 5 s SLO
+        got its SLO default after 23 ms, from a twin sent by an app with a 30 ms SLO.
+        """
+        queue = self._router.queue(name, version)
+        if queue is None:
+            return
+        pending: list[asyncio.Future[str]] = []
+        for i, future in enumerate(futures):
+            if future is None or not future.done() or future.cancelled():
+                continue
+            if not isinstance(future.exception(), (QueryExpired, Overloaded)):
+                continue
+            if deadline <= time.monotonic():
+                return
+            key = (name, version, items[i])
+            again = self._cache.lookup(key)
+            if again is None:
+                again = self._cache.start(key)
+                try:
+                    queue.put(items[i], deadline, again)
+                except Overloaded as e:
+                    again.set_exception(e)
+            futures[i] = again
+            if not again.done():
+                pending.append(again)
+        if pending:
+            await _wait_until(pending, deadline)
 
     def _refuse_unparsed(
         self, app_name: str, body: bytes, deadline: float, default: Any

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from clipper_admin import ClipperConnection
-from clipper_admin.deployers.python import create_endpoint
+from clipper_admin.deployers.python import create_endpoint, deploy_python_closure
 from query_frontend.predictor import OVERLOADED_EXPLANATION, SLO_EXPLANATION
 from tests.conftest import predict, replica_pids, wait_for
 
@@ -299,3 +299,25 @@ def test_a_replica_that_holds_the_gil_past_its_heartbeat_ttl_still_answers_its_b
     assert " left" in "".join(
         line for line in (logs / "query_frontend.log").open() if "replica hold:1:0@" in line
     )
+
+
+def test_a_query_that_waited_on_a_twin_shed_for_a_shorter_slo_is_queued_again(
+    clipper_conn: ClipperConnection,
+) -> None:
+    def slow_echo(xs: np.ndarray) -> list[float]:
+        time.sleep(0.4)
+        return [float(x[0]) for x in xs]
+
+    deploy_python_closure(clipper_conn, "shared", "1", "doubles", slow_echo)
+    for app, slo_micros in (("hurried", 150_000), ("patient", 10_000_000)):
+        clipper_conn.register_application(app, "doubles", "-1", slo_micros)
+        clipper_conn.link_model_to_app(app, "shared")
+    busy = _send(clipper_conn, "patient", {"input": [1.0]})
+    time.sleep(0.1)  # its batch is at the only replica now
+    # The same input from two apps: the second waits on the first, which the queue sheds when
+    # the hurried app's SLO runs out, long before the patient app's.
+    hurried = _send(clipper_conn, "hurried", {"input": [2.0]})
+    patient = _send(clipper_conn, "patient", {"input": [2.0]})
+    assert _answer(hurried)["default_explanation"] == SLO_EXPLANATION
+    assert _answer(patient)["output"] == 2.0
+    assert _answer(busy)["output"] == 1.0
