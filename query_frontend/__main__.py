@@ -8,6 +8,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 
@@ -33,6 +34,9 @@ logger = logging.getLogger("query_frontend")
 # collection every few requests; a higher one cuts the collector's share of the CPU.
 GC_YOUNG_THRESHOLD = 20000
 GC_OLDER_THRESHOLD = 20
+# Open files the frontend asks for at most, when the hard limit allows (see
+# raise_open_files_limit): far more connections than one process can serve.
+OPEN_FILES_CAP = 1 << 20
 
 
 async def serve(settings: FrontendSettings) -> None:
@@ -109,6 +113,23 @@ async def serve(settings: FrontendSettings) -> None:
     await runner.cleanup()
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raises the soft limit on open files to the hard one; returns (before, after).
+
+    Each client connection holds a file, and a shell's usual soft limit, 1024, made the
+    frontend refuse clients past about a thousand connections at once (Docker's is higher).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = OPEN_FILES_CAP if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_CAP)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return soft, target
+        except (ValueError, OSError):
+            pass
+    return soft, soft
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Clipper query frontend (POST /<app>/predict)")
     parser.add_argument("--port", type=int)
@@ -127,6 +148,9 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    before, after = raise_open_files_limit()
+    if after != before:
+        logger.info("raised the limit on open files (connections) from %d to %d", before, after)
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         if settings.workers > 1 and settings.listen_fd is None:
             runner.run(supervise(settings))

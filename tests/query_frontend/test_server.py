@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import resource
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -271,4 +273,32 @@ def test_an_unknown_event_loop_stops_the_frontend_at_start(
         with pytest.raises(ClipperException, match="event_loop"):
             connection.start_clipper()
     finally:
+        connection.stop_all(graceful=False)
+
+
+def test_more_connections_than_the_shells_usual_file_limit_are_served(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard limit on open files here is {hard}")
+    # The cluster's processes inherit a soft limit of 256, as a shell's 1024 but smaller.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        connection = new_connection(tmp_path, "fds")
+        connection.start_clipper()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    held: list[socket.socket] = []
+    try:
+        create_endpoint(connection, "many", "doubles", _describe)
+        host, port = connection.get_query_addr().rsplit(":", 1)
+        held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(600)]
+        # Each held connection is a file of the frontend's, accepted or waiting to be.
+        for sock in held:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        for sock in held:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        assert predict(connection, "many", {"input": [2.5]})["default"] is False
+    finally:
+        for sock in held:
+            sock.close()
         connection.stop_all(graceful=False)
