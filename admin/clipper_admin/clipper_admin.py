@@ -14,6 +14,7 @@ import requests
 from clipper_admin.container_manager import CONTAINERLESS_MODEL_IMAGE, ContainerManager
 from clipper_admin.exceptions import ClipperException, UnconnectedException
 from clipper_admin.version import __registry__, __version__
+from management.input_types import parse_input_type
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,21 @@ def _validate_versioned_model_name(name: str, version: object) -> None:
             "must consist of lower case alphanumeric characters, '-' or '.', and must start and "
             "end with an alphanumeric character"
         )
+
+
+def _validate_num_replicas(num_replicas: object) -> None:
+    if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 0:
+        raise ClipperException(f"num_replicas must be a whole number, 0 or more: {num_replicas!r}")
+
+
+def _validate_deploy_settings(input_type: object, num_replicas: object) -> None:
+    """What a deploy's replicas need, checked before anything is built or started: a wrong
+    input type used to start replicas that exited at once, with the reason in their log."""
+    try:
+        parse_input_type(input_type if isinstance(input_type, str) else repr(input_type))
+    except ValueError as e:
+        raise ClipperException(str(e)) from None
+    _validate_num_replicas(num_replicas)
 
 
 class ClipperConnection:
@@ -173,6 +189,7 @@ class ClipperConnection:
         make_current: bool = True,
     ) -> None:
         self._require_connection()
+        _validate_deploy_settings(input_type, num_replicas)
         image = self.build_model(
             name, version, model_data_path, base_image, container_registry, pkgs_to_install
         )
@@ -217,6 +234,7 @@ class ClipperConnection:
         self._require_connection()
         version = str(version)
         _validate_versioned_model_name(name, version)
+        _validate_deploy_settings(input_type, num_replicas)
         self._refuse_redeploying_served_version(name, version)
         self._deploy(
             name, version, input_type, image, labels, num_replicas, batch_size, make_current
@@ -290,6 +308,7 @@ class ClipperConnection:
 
     def set_num_replicas(self, name: str, num_replicas: int, version: object = None) -> None:
         self._require_connection()
+        _validate_num_replicas(num_replicas)
         version = self.get_current_model_version(name) if version is None else str(version)
         info = self.get_model_info(name, version)
         if info is None:

@@ -115,6 +115,21 @@ def test_invalid_model_names_are_rejected(clipper_conn: ClipperConnection) -> No
             deploy_python_closure(clipper_conn, name, version, "doubles", lambda xs: xs)
 
 
+def test_a_wrong_input_type_or_replica_count_fails_before_anything_starts(
+    clipper_conn: ClipperConnection,
+) -> None:
+    with pytest.raises(ClipperException, match=r"^Invalid input type 'tensors'\. Accepted"):
+        deploy_python_closure(clipper_conn, "m", 1, "tensors", lambda xs: xs)
+    with pytest.raises(ClipperException, match=r"^num_replicas must be .*: -1$"):
+        deploy_python_closure(clipper_conn, "m", 1, "doubles", lambda xs: xs, num_replicas=-1)
+    assert clipper_conn.get_all_models() == []
+    assert clipper_conn.cm.get_num_replicas("m", "1") == 0
+    deploy_python_closure(clipper_conn, "m", 1, "doubles", lambda xs: [1] * len(xs))
+    with pytest.raises(ClipperException, match=r"^num_replicas must be .*: -2$"):
+        clipper_conn.set_num_replicas("m", -2)
+    assert clipper_conn.get_num_replicas("m") == 1
+
+
 def test_set_num_replicas_for_deployed_model_succeeds(clipper_conn: ClipperConnection) -> None:
     deploy_python_closure(clipper_conn, "m", 1, "doubles", lambda xs: [1] * len(xs))
     clipper_conn.set_num_replicas("m", 4)
