@@ -87,6 +87,8 @@ async def _parse(request: web.Request, route: str) -> dict[str, Any]:
         json.dumps(body, ensure_ascii=False).encode()
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise fail(f"JSON parse error: {e}") from None
+    except RecursionError:
+        raise fail("JSON parse error: the document is nested too deeply") from None
     except UnicodeEncodeError as e:
         raise fail(f"JSON parse error: a string holds a lone surrogate ({e.reason})") from None
     if not isinstance(body, dict):

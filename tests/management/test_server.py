@@ -253,6 +253,7 @@ async def test_add_model_validation(admin: Admin, field: str, value: Any, messag
         # JSON escapes that decode to a lone surrogate: not text, which Redis could not store.
         ({**_app(), "default_output": "\ud800"}, "a string holds a lone surrogate"),
         ('{"name": "a\\udcff", "input_type": "doubles"}', "a string holds a lone surrogate"),
+        pytest.param("[" * 100_000 + "]" * 100_000, "the document is nested too deeply", id="deep"),
     ],
 )
 async def test_malformed_requests_are_json_400(admin: Admin, body: Any, detail: str) -> None:
