@@ -18,7 +18,7 @@ from query_frontend.batching import (
     QueryExpired,
     QueryFailed,
 )
-from query_frontend.cache import PredictionCache
+from query_frontend.cache import CacheKey, PredictionCache
 from query_frontend.codec import output_value, parse_predict_request
 from query_frontend.errors import NOT_FOUND, QUERY_PROCESSING_ERROR, QueryError
 from query_frontend.metrics import Counter, Histogram, Meter, MetricsRegistry, RatioCounter
@@ -178,16 +178,14 @@ class Predictor:
                 else:
                     joined += 1
             if future is None and queue is not None:
-                future = self._cache.start(key)
                 if expired:
+                    future = self._cache.start(key)
                     future.set_exception(QueryExpired())
                 else:
-                    try:
-                        # The first query was admitted before parsing: not judged twice.
-                        queue.put(item, deadline, future, admitted=queue is admitted_by)
-                        admitted_by = None
-                    except Overloaded as e:
-                        future.set_exception(e)
+                    # The first query was admitted before parsing: not judged twice.
+                    future = self._queue_query(queue, key, deadline, queue is admitted_by)
+                    admitted_by = None
+                    if future.done():
                         overloaded += 1
             futures.append(future)
         self._model_metrics_of(name, version).cache_hit_ratio.increment(hits, len(request.inputs))
@@ -252,18 +250,24 @@ class Predictor:
             if deadline <= time.monotonic():
                 return
             key = (name, version, items[i])
-            again = self._cache.lookup(key)
-            if again is None:
-                again = self._cache.start(key)
-                try:
-                    queue.put(items[i], deadline, again)
-                except Overloaded as e:
-                    again.set_exception(e)
+            again = self._cache.lookup(key) or self._queue_query(queue, key, deadline, False)
             futures[i] = again
             if not again.done():
                 pending.append(again)
         if pending:
             await _wait_until(pending, deadline)
+
+    def _queue_query(
+        self, queue: ModelQueue, key: CacheKey, deadline: float, admitted: bool
+    ) -> asyncio.Future[str]:
+        """Registers a query in the cache and queues it; a refused one's future already holds
+        Overloaded."""
+        future = self._cache.start(key)
+        try:
+            queue.put(key[2], deadline, future, admitted=admitted)
+        except Overloaded as e:
+            future.set_exception(e)
+        return future
 
     def _refuse_unparsed(
         self, app_name: str, body: bytes, deadline: float, default: Any

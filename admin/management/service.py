@@ -162,7 +162,10 @@ class AdminService:
                 )
             await self._check_linked_input_type(model_name, kind.canonical_name)
             await self._store.add_model(record, make_current)
-            current = await self._store.get_current_version(model_name)
+            # Staged, the version is current only if the model had none.
+            current = (
+                model_version if make_current else await self._store.get_current_version(model_name)
+            )
         staged = "" if current == model_version else f"; the current version is still '{current}'"
         return (
             f"Successfully added model with name '{model_name}' "

@@ -614,14 +614,7 @@ async def test_a_batch_whose_outputs_take_hundreds_of_megabytes_is_answered(tmp_
         return [str(int(x[0])) * (150 * 1024 * 1024) for x in xs]
 
     server, port = await _serve(_save_closure(tmp_path / "model", large))
-    queue = _queue(batch_size=2)
-    worker = ReplicaWorker(
-        "r1", queue, ReplicaClient(f"127.0.0.1:{port}"), lambda *_: None, lambda _: None
-    )
-    futures = [_future() for _ in range(2)]
-    for digit, future in enumerate(futures, start=1):
-        queue.put(struct.pack("<d", digit), time.monotonic() + 60, future)
-    worker.start()
+    _, worker, futures = _worker_with_queries(port, batch_size=2, count=2, within_s=60)
     try:
         # One reply of 300 MiB: over gRPC's limit as it was, which failed both queries.
         async with asyncio.timeout(60):
@@ -635,9 +628,23 @@ async def test_a_batch_whose_outputs_take_hundreds_of_megabytes_is_answered(tmp_
         await server.stop(0)
 
 
-def _slow_double(xs: Any) -> list[str]:
-    import time
+def _worker_with_queries(
+    port: int, batch_size: int, count: int, within_s: float
+) -> tuple[ModelQueue, ReplicaWorker, list[asyncio.Future[str]]]:
+    """A started worker for the replica on port, and count queries (inputs 1.0, 2.0, ...)
+    queued for it, due within_s from now."""
+    queue = _queue(batch_size=batch_size)
+    worker = ReplicaWorker(
+        "r1", queue, ReplicaClient(f"127.0.0.1:{port}"), lambda *_: None, lambda _: None
+    )
+    futures = [_future() for _ in range(count)]
+    for x, future in enumerate(futures, start=1):
+        queue.put(struct.pack("<d", x), time.monotonic() + within_s, future)
+    worker.start()
+    return queue, worker, futures
 
+
+def _slow_double(xs: Any) -> list[str]:
     time.sleep(0.5)
     return [str(2 * float(x[0])) for x in xs]
 
@@ -646,14 +653,7 @@ async def test_a_retired_worker_answers_its_batch_in_flight_and_takes_no_more(
     tmp_path: Path,
 ) -> None:
     server, port = await _serve(_save_closure(tmp_path / "model", _slow_double))
-    queue = _queue(batch_size=1)
-    worker = ReplicaWorker(
-        "r1", queue, ReplicaClient(f"127.0.0.1:{port}"), lambda *_: None, lambda _: None
-    )
-    futures = [_future() for _ in range(2)]
-    for x, future in enumerate(futures, start=1):
-        queue.put(struct.pack("<d", x), time.monotonic() + 10, future)
-    worker.start()
+    queue, worker, futures = _worker_with_queries(port, batch_size=1, count=2, within_s=10)
     try:
         await asyncio.sleep(0.2)  # the first query's batch is at the replica
         # As when the replica's record expired, or it deregistered to stop gracefully.
