@@ -428,10 +428,13 @@ class PredictProtocol(asyncio.Protocol):
         path = url.split(b"?", 1)[0]
         if path.endswith(b"/"):
             path = path[:-1]
-        if not path.startswith(b"/") or not path.endswith(_PREDICT_SUFFIX):
+        # Compiled by mypyc, a bytes slice that ends before it starts raises SystemError where
+        # Python gives b"": "/predict" and "//predict" name no app, and must not reach the slice.
+        end = len(path) - len(_PREDICT_SUFFIX)
+        if end <= 1 or not path.startswith(b"/") or not path.endswith(_PREDICT_SUFFIX):
             return None
-        app = path[1 : -len(_PREDICT_SUFFIX)]
-        if not app or b"/" in app:
+        app = path[1:end]
+        if b"/" in app:
             return None
         try:
             name = app.decode()

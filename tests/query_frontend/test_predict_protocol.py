@@ -195,6 +195,20 @@ async def test_another_route_pipelined_behind_a_predict_is_answered_then_the_con
     assert served.model.calls == ["slow"]
 
 
+@pytest.mark.parametrize("path", ["/predict", "/predict/", "//predict", "/predict?x=1"])
+async def test_a_post_to_predict_without_an_app_is_aiohttps_404(served: Served, path: str) -> None:
+    reader, writer = await _connect(served)
+    writer.write(_post(path, b"1"))
+    answer = await _read_response(reader)
+    assert answer.status == 404
+    assert "aiohttp" in answer.headers["server"]
+    assert served.model.calls == []
+    # The connection goes on.
+    writer.write(_post("/a/predict", b"2"))
+    assert (await _read_response(reader)).json() == {"app": "a", "body": "2"}
+    writer.close()
+
+
 async def test_chunked_body_after_100_continue(served: Served) -> None:
     reader, writer = await _connect(served)
     writer.write(
