@@ -11,6 +11,9 @@ from management.store import AppRecord, ModelRecord, ReplicaRecord, Store
 
 DEFAULT_BATCH_SIZE = -1
 _FORBIDDEN_NAME_CHARS = (",", ":")
+# An app's name is a segment of its predict URL: the frontend reads request heads of up to 64 KiB,
+# and a character may take 12 bytes there, percent-encoded.
+MAX_APP_NAME_CHARS = 1024
 
 
 class AdminService:
@@ -31,8 +34,7 @@ class AdminService:
                 f"latency_slo_micros must be a positive number of microseconds, "
                 f"got {latency_slo_micros}"
             )
-        if not name:
-            raise AdminError("Application name must not be empty")
+        _check_app_name(name)
         async with self._lock:
             app = AppRecord(name, kind.canonical_name, default_output, latency_slo_micros)
             if not await self._store.add_app(app):
@@ -300,3 +302,20 @@ def _app_settings(app: AppRecord) -> str:
         f"input_type '{app.input_type}', default_output '{app.default_output}' and "
         f"latency_slo_micros {app.latency_slo_micros}"
     )
+
+
+def _check_app_name(name: str) -> None:
+    """Refuses the names that no client could query, at registration rather than at the first
+    query."""
+    if not name:
+        raise AdminError("Application name must not be empty")
+    if name in (".", ".."):
+        raise AdminError(
+            f"Application name '{name}' cannot be queried: HTTP clients resolve '.' and '..' "
+            f"in a URL's path, so POST /{name}/predict would reach another route"
+        )
+    if len(name) > MAX_APP_NAME_CHARS:
+        raise AdminError(
+            f"Application name is {len(name)} characters long, more than the "
+            f"{MAX_APP_NAME_CHARS} that fit in a predict URL"
+        )

@@ -269,6 +269,29 @@ async def test_nonpositive_slo_is_rejected(admin: Admin) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "Application name must not be empty"),
+        (".", "Application name '.' cannot be queried: HTTP clients resolve '.' and '..'"),
+        ("..", "Application name '..' cannot be queried"),
+        ("x" * 1025, "Application name is 1025 characters long, more than the 1024 that fit"),
+    ],
+)
+async def test_app_names_no_client_could_query_are_refused(
+    admin: Admin, name: str, message: str
+) -> None:
+    assert message in await admin.error("add_app", {**_app(), "name": name})
+    assert await admin.ok("get_all_applications", {"verbose": False}) == []
+
+
+async def test_app_names_are_otherwise_free(admin: Admin) -> None:
+    for name in ("x" * 1024, "a/b", "a b", "...", "é", "a%2Fb"):
+        assert await admin.ok("add_app", {**_app(), "name": name}) == (
+            f"Successfully added application with name '{name}'"
+        )
+
+
 async def test_unknown_route_is_json_404(admin: Admin) -> None:
     status, body = await admin.post("no_such_route", {})
     assert status == 404 and "error" in body
