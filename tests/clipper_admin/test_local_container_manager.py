@@ -228,6 +228,26 @@ def test_missing_package_fails_the_deploy_with_the_cause(
     assert clipper_conn.get_all_models() == []
 
 
+def test_a_function_that_cannot_be_pickled_fails_the_deploy_before_anything_starts(
+    clipper_conn: ClipperConnection,
+) -> None:
+    import threading
+
+    from clipper_admin.deployers.python import deploy_python_closure
+
+    lock = threading.Lock()
+
+    def predict(xs: list[object]) -> list[str]:
+        with lock:
+            return ["0"] * len(xs)
+
+    with pytest.raises(ClipperException) as e:
+        deploy_python_closure(clipper_conn, "unpicklable", 1, "doubles", predict)
+    assert str(e.value).startswith("The function cannot be pickled")
+    assert "cannot pickle '_thread.lock' object" in str(e.value)
+    assert clipper_conn.get_all_models() == []
+
+
 def test_connect_from_another_process_sees_the_cluster(
     clipper_conn: ClipperConnection, tmp_path: Path
 ) -> None:

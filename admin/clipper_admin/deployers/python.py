@@ -14,14 +14,23 @@ from clipper_admin.deployers.packaging import (
     create_endpoint_with,
     model_directory,
 )
+from clipper_admin.exceptions import ClipperException
 from model_containers.closure import FUNC_FILE, ClosureModel
 from model_containers.manifest import ModelManifest
 
 
 def save_python_function(model_dir: Path, func: Callable[..., Any]) -> None:
     """Writes func.pkl (cloudpickle, with what func closes over) and the manifest."""
-    with (model_dir / FUNC_FILE).open("wb") as f:
-        cloudpickle.dump(func, f)
+    try:
+        with (model_dir / FUNC_FILE).open("wb") as f:
+            cloudpickle.dump(func, f)
+    except Exception as e:
+        # cloudpickle names the object it could not pickle but not why that matters here.
+        raise ClipperException(
+            f"The function cannot be pickled, so it cannot be sent to its replicas: "
+            f"{type(e).__name__}: {e}. Create locks, connections, threads and open files inside "
+            f"the function (or in a module it imports) instead of closing over them"
+        ) from e
     ModelManifest(runtime=ClosureModel.runtime_name).write(model_dir)
 
 
