@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import zlib
 from collections import deque
 from collections.abc import Collection
 from typing import Any
@@ -152,6 +153,10 @@ def _drop_removed(
             del metrics[name]
 
 
+def _prometheus_name(name: str, field_name: str) -> str:
+    return _PROMETHEUS_UNSAFE.sub("_", f"{name}_{field_name}")
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
@@ -196,16 +201,27 @@ class MetricsRegistry:
 
     def prometheus_text(self) -> str:
         """Every numeric field as a gauge, named as Clipper's frontend-exporter named them."""
+        gauges = [
+            (name, field_name, "NaN" if value == "nan" else value)
+            for kind in self.report().values()
+            for entry in kind
+            for name, fields in entry.items()
+            for field_name, value in fields.items()
+            if field_name != "unit"
+        ]
+        # Two metrics whose names differ only in what Prometheus names cannot hold (apps
+        # "my-app" and "my_app") would get one name, and a name given twice makes the whole
+        # exposition invalid: each of them takes its own name's CRC-32 too.
+        owners: dict[str, set[str]] = {}
+        for name, field_name, _ in gauges:
+            owners.setdefault(_prometheus_name(name, field_name), set()).add(name)
+        shared = {name for names in owners.values() if len(names) > 1 for name in names}
         lines = []
-        for entries in self.report().values():
-            for entry in entries:
-                for name, fields in entry.items():
-                    for field_name, value in fields.items():
-                        if field_name == "unit":
-                            continue
-                        metric = _PROMETHEUS_UNSAFE.sub("_", f"{name}_{field_name}")
-                        number = "NaN" if value == "nan" else value
-                        lines.append(f"# TYPE {metric} gauge\n{metric} {number}")
+        for name, field_name, number in gauges:
+            if name in shared:
+                field_name = f"{zlib.crc32(name.encode()):08x}_{field_name}"
+            metric = _prometheus_name(name, field_name)
+            lines.append(f"# TYPE {metric} gauge\n{metric} {number}")
         return "\n".join(lines) + "\n"
 
     def snapshot(self) -> dict[str, Any]:

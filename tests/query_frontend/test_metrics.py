@@ -68,3 +68,35 @@ def test_metrics_of_removed_apps_and_model_versions_are_dropped() -> None:
         "model:m:2:cache_hit_ratio",
         "model:m:2:prediction_throughput",
     ]
+
+
+def _gauges(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition, failing on a name given twice."""
+    gauges: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            assert line.endswith(" gauge")
+            continue
+        name, value = line.split(" ")
+        assert name not in gauges, f"{name} is given twice"
+        gauges[name] = float(value)
+    return gauges
+
+
+def test_prometheus_names_are_clippers_and_stay_distinct_when_two_apps_would_share_one() -> None:
+    registry = MetricsRegistry()
+    registry.counter("app:simple-example:num_predictions").increment(5)
+    registry.histogram("model:sum-model:1:prediction_latency").insert(2.0)
+    for app, count in (("my-app", 1), ("my_app", 2), ("my.app", 3)):
+        registry.counter(f"app:{app}:num_predictions").increment(count)
+
+    gauges = _gauges(registry.prometheus_text())
+
+    assert gauges["app_simple_example_num_predictions_count"] == 5
+    assert gauges["model_sum_model_1_prediction_latency_p99"] == 2.0
+    assert "app_my_app_num_predictions_count" not in gauges
+    counts = {name: value for name, value in gauges.items() if name.startswith("app_my_app_")}
+    assert sorted(counts.values()) == [1, 2, 3]
+    assert gauges["app_my_app_num_predictions_a0c8d7a3_count"] == 1
+    # Each keeps its name from scrape to scrape: the suffix comes from its own JSON name.
+    assert _gauges(registry.prometheus_text()).keys() == gauges.keys()
