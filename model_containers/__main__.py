@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from management.event_loop import loop_factory
 from management.input_types import parse_input_type
+from management.setting_types import settings_error
 from management.store import Store
 from model_containers.loading import create_model
 from model_containers.metrics import ReplicaMetrics
@@ -92,7 +94,10 @@ async def serve(settings: ReplicaSettings) -> None:
 
 
 def main() -> None:
-    settings = ReplicaSettings()
+    try:
+        settings = ReplicaSettings()
+    except ValidationError as e:
+        sys.exit(settings_error(e, "CLIPPER_"))
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

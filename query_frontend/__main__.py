@@ -11,10 +11,13 @@ import os
 import resource
 import signal
 import socket
+import sys
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from management.event_loop import loop_factory
+from management.setting_types import settings_error
 from query_frontend.native import compiled_modules, stale_modules
 from query_frontend.predict_site import PredictSite
 from query_frontend.server import (
@@ -144,7 +147,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = FrontendSettings(**overrides)
+    try:
+        settings = FrontendSettings(**overrides)
+    except ValidationError as e:
+        sys.exit(settings_error(e, "CLIPPER_QF_"))
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -7,11 +7,14 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from pydantic import ValidationError
 
 from management.server import create_app
+from management.setting_types import settings_error
 from management.settings import ManagementSettings
 from management.store import Store
 
@@ -53,7 +56,10 @@ def main() -> None:
     parser.add_argument("--redis_port", "--redis-port", dest="redis_port", type=int)
     args = parser.parse_args()
     overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = ManagementSettings(**overrides)
+    try:
+        settings = ManagementSettings(**overrides)
+    except ValidationError as e:
+        sys.exit(settings_error(e, "CLIPPER_MGMT_"))
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
