@@ -17,7 +17,7 @@ from management.input_types import parse_input_type
 from management.setting_types import settings_error
 from management.store import Store
 from model_containers.loading import create_model
-from model_containers.metrics import ReplicaMetrics
+from model_containers.metrics import ReplicaMetrics, use_for_user_metrics
 from model_containers.model import ModelLoadError
 from model_containers.registration import ReplicaRegistration
 from model_containers.server import ModelServicer, ReplicaServer
@@ -43,9 +43,11 @@ def _exit_stuck(ran_s: float) -> None:
 
 async def serve(settings: ReplicaSettings) -> None:
     input_type = parse_input_type(settings.input_type)
+    metrics = ReplicaMetrics()
+    # The model's code may add its own metrics as soon as it is unpickled.
+    use_for_user_metrics(metrics.user)
     model = create_model(Path(settings.model_path))
     await asyncio.get_running_loop().run_in_executor(None, model.load)
-    metrics = ReplicaMetrics()
     metrics_address = ""
     if settings.metrics_port >= 0:
         metrics_port = metrics.serve(settings.host, settings.metrics_port)
