@@ -292,7 +292,15 @@ def test_compose_cluster_serves_models_and_prometheus_sees_them(tmp_path: Path) 
     try:
         conn.connect()
         wait_for(_admin_ready(conn), 60, "the management service")
-        create_endpoint(conn, "composed", "doubles", lambda xs: [len(x) for x in xs])
+
+        def lengths(xs: list[Any]) -> list[int]:
+            import clipper_admin.metrics as metrics
+
+            metrics.add_metric("composed_inputs", "Counter", "Inputs the model was given")
+            metrics.report_metric("composed_inputs", len(xs))
+            return [len(x) for x in xs]
+
+        create_endpoint(conn, "composed", "doubles", lengths)
         assert predict(conn, "composed", {"input": [1.0, 2.0, 3.0]})["output"] == 3
 
         def targets_up() -> bool:
@@ -305,12 +313,22 @@ def test_compose_cluster_serves_models_and_prometheus_sees_them(tmp_path: Path) 
             return jobs == ["model-containers", "query-frontend"]
 
         wait_for(targets_up, 60, "Prometheus to scrape the frontend and the model container")
-        series = requests.get(
-            f"http://{conn.get_metric_addr()}/api/v1/query",
-            params={"query": "clipper_mc_pred_total"},
-            timeout=5,
-        ).json()
-        assert series["status"] == "success"
+
+        def scraped(metric: str) -> Callable[[], bool]:
+            def found() -> bool:
+                series = requests.get(
+                    f"http://{conn.get_metric_addr()}/api/v1/query",
+                    params={"query": metric},
+                    timeout=5,
+                ).json()
+                assert series["status"] == "success"
+                return [float(s["value"][1]) for s in series["data"]["result"]] == [1.0]
+
+            return found
+
+        # The replica's own, and the one the model's code added (clipper_admin.metrics).
+        wait_for(scraped("clipper_mc_pred_total"), 30, "Prometheus to scrape the prediction")
+        wait_for(scraped("composed_inputs_total"), 30, "Prometheus to scrape the model's metric")
     finally:
         conn.stop_all_model_containers()
         down = _compose("down", "-v", "--rmi", "all", env=env, override=override)

@@ -270,7 +270,9 @@ def test_an_unknown_event_loop_stops_the_frontend_at_start(
     monkeypatch.setenv("CLIPPER_QF_EVENT_LOOP", "trio")
     connection = new_connection(tmp_path, "bad-loop")
     try:
-        with pytest.raises(ClipperException, match="event_loop"):
+        with pytest.raises(
+            ClipperException, match=r"CLIPPER_QF_EVENT_LOOP=.trio.: Input should be"
+        ):
             connection.start_clipper()
     finally:
         connection.stop_all(graceful=False)
