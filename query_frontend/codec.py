@@ -1,4 +1,5 @@
-"""Predict requests from JSON into wire-ready inputs, and model outputs back into JSON values."""
+"""Predict requests from JSON (or a binary body) into wire-ready inputs, and model outputs back
+into JSON values."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import functools
 import struct
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 import orjson
@@ -44,6 +46,53 @@ class PredictRequest:
     inputs: list[bytes]
     version: str | None
     is_batch: bool
+
+
+OCTET_STREAM = "application/octet-stream"
+
+
+@dataclass(slots=True, frozen=True)
+class BinaryInput:
+    """A request whose body is one input as it is, not JSON (Content-Type:
+    application/octet-stream), and the version its URL's query names, if any."""
+
+    version: str | None
+
+
+def binary_input(content_type: str, query: str) -> BinaryInput | None:
+    """The BinaryInput of a request with this Content-Type and URL query; None for JSON."""
+    if content_type.split(";", 1)[0].strip().lower() != OCTET_STREAM:
+        return None
+    versions = parse_qs(query, keep_blank_values=True).get("version")
+    return BinaryInput(versions[-1] if versions else None)
+
+
+# A numeric input's wire form is its little-endian numbers: a binary body is taken as it is.
+_BINARY_ITEMS = {
+    InputType.INTEGERS: (4, "32-bit integers"),
+    InputType.FLOATS: (4, "32-bit floats"),
+    InputType.DOUBLES: (8, "64-bit floats"),
+}
+
+
+def parse_binary_request(body: bytes, input_type: InputType, binary: BinaryInput) -> PredictRequest:
+    """The one input of a binary body: the bytes themselves, UTF-8 text, or little-endian
+    numbers, which are already the wire form."""
+    where = f"An {OCTET_STREAM} body for a {input_type.canonical_name} app"
+    if input_type is InputType.STRINGS:
+        try:
+            body.decode()
+        except UnicodeDecodeError as e:
+            raise QueryError(BAD_REQUEST, f"{where} is UTF-8 text, and this is not: {e}") from None
+    elif input_type in _BINARY_ITEMS:
+        size, name = _BINARY_ITEMS[input_type]
+        if len(body) % size:
+            raise QueryError(
+                BAD_REQUEST,
+                f"{where} holds little-endian {name}, {size} bytes each: {len(body)} bytes are "
+                "not a whole number of them",
+            )
+    return PredictRequest([body], binary.version, False)
 
 
 def json_error(detail: str) -> QueryError:

@@ -16,13 +16,15 @@ from urllib.parse import unquote
 
 import httptools
 
+from query_frontend.codec import BinaryInput, binary_input
 from query_frontend.errors import BAD_REQUEST, QueryError, internal_error
 
 logger = logging.getLogger(__name__)
 
-# Answers one predict request: (app name, request body, its connection's transport) to the
-# reply's JSON body; raises QueryError for a reply with an error status.
-PredictCall = Callable[[str, bytes, asyncio.Transport], Awaitable[bytes]]
+# Answers one predict request: (app name, request body, its connection's transport, and what
+# a binary body holds, or None for JSON) to the reply's JSON body; raises QueryError for a reply
+# with an error status.
+PredictCall = Callable[[str, bytes, asyncio.Transport, BinaryInput | None], Awaitable[bytes]]
 
 # Requests read ahead of their answers on one connection (HTTP/1.1 pipelining) before the
 # connection stops being read until the answers catch up.
@@ -67,11 +69,14 @@ class _Stop(Exception):
 
 
 class _Predict:
-    __slots__ = ("app", "body", "http_1_0", "keep_alive")
+    __slots__ = ("app", "binary", "body", "http_1_0", "keep_alive")
 
-    def __init__(self, app: str, body: bytes, keep_alive: bool, http_1_0: bool) -> None:
+    def __init__(
+        self, app: str, body: bytes, binary: BinaryInput | None, keep_alive: bool, http_1_0: bool
+    ) -> None:
         self.app = app
         self.body = body
+        self.binary = binary
         self.keep_alive = keep_alive
         self.http_1_0 = http_1_0
 
@@ -170,6 +175,7 @@ class PredictProtocol(asyncio.Protocol):
         self._in_head = False
         self._head_read_bytes = 0
         self._app: str | None = None
+        self._binary: BinaryInput | None = None
         self._rebuild = False
         self._stopped = False  # a callback raised _Stop: the parser's error is expected
         self._work: deque[_Work] = deque()
@@ -253,6 +259,7 @@ class PredictProtocol(asyncio.Protocol):
         self._in_head = True
         self._head_read_bytes = 0
         self._app = None
+        self._binary = None
         self._rebuild = False
 
     def on_url(self, url: bytes) -> None:
@@ -293,6 +300,8 @@ class PredictProtocol(asyncio.Protocol):
                 raise self._stop()
             if lower == b"expect" and value.lower() == b"100-continue":
                 expect_continue = True
+            if lower == b"content-type":
+                self._binary = binary_input(value.decode("latin-1"), self._query())
         # Not while an earlier request's answer is due: it must go first, and the client
         # sends the body after its own wait without the 100.
         idle = not self._busy and not self._work
@@ -319,6 +328,7 @@ class PredictProtocol(asyncio.Protocol):
             _Predict(
                 self._app,
                 body,
+                self._binary,
                 self._parser.should_keep_alive(),
                 self._parser.get_http_version() == "1.0",
             )
@@ -350,7 +360,7 @@ class PredictProtocol(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         try:
-            body = await self._predict(work.app, work.body, transport)
+            body = await self._predict(work.app, work.body, transport, work.binary)
             status = 200
         except QueryError as e:
             body, status = e.body(), e.status
@@ -421,6 +431,11 @@ class PredictProtocol(asyncio.Protocol):
         head.append(b"Content-Length: %d" % len(body))
         head.append(b"Connection: close")
         return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+    def _query(self) -> str:
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        parts = url.split(b"?", 1)
+        return parts[1].decode("latin-1") if len(parts) == 2 else ""
 
     def _predict_app(self) -> str | None:
         """The app a POST to this URL predicts for, or None for any other route."""

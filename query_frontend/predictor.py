@@ -19,7 +19,12 @@ from query_frontend.batching import (
     QueryFailed,
 )
 from query_frontend.cache import CacheKey, PredictionCache
-from query_frontend.codec import output_value, parse_predict_request
+from query_frontend.codec import (
+    BinaryInput,
+    output_value,
+    parse_binary_request,
+    parse_predict_request,
+)
 from query_frontend.errors import NOT_FOUND, QUERY_PROCESSING_ERROR, QueryError
 from query_frontend.metrics import Counter, Histogram, Meter, MetricsRegistry, RatioCounter
 from query_frontend.routing import Router
@@ -123,9 +128,14 @@ class Predictor:
         return self._router.app(app_name) is not None
 
     async def predict(
-        self, app_name: str, body: bytes, unread: Callable[[bool], float] | None = None
+        self,
+        app_name: str,
+        body: bytes,
+        unread: Callable[[bool], float] | None = None,
+        binary: BinaryInput | None = None,
     ) -> tuple[bool, list[Prediction]]:
         """The predictions for one request body, and whether it was an input_batch request.
+        The body is JSON, or one input as it is when `binary` is given.
 
         `unread(exact)` says how long the request had waited before this call (exactly, or
         as cheaply as the caller can): its SLO counts from its arrival, not from when the
@@ -144,7 +154,7 @@ class Predictor:
         # little before it: writing and sending the reply takes time too.
         deadline = started + slo_s - min(slo_s * REPLY_MARGIN_SHARE, REPLY_MARGIN_MAX_S)
         default = _default_value(app.default_output)
-        refusal, admitted_by = self._refuse_unparsed(app_name, body, deadline, default)
+        refusal, admitted_by = self._refuse_unparsed(app_name, body, binary, deadline, default)
         if refusal is not None:
             refused_model, prediction = refusal
             # At its deadline, as the SLO's timer would answer it (see below); an expired
@@ -152,9 +162,11 @@ class Predictor:
             await _wait_until([], deadline)
             self._record(app_name, refused_model, [prediction], started, unread_s)
             return False, [prediction]
-        request = parse_predict_request(
-            body, parse_input_type(app.input_type), self._max_batch_inputs
-        )
+        input_type = parse_input_type(app.input_type)
+        if binary is not None:
+            request = parse_binary_request(body, input_type, binary)
+        else:
+            request = parse_predict_request(body, input_type, self._max_batch_inputs)
         model_id = await self._route(app_name, request.version)
         ids = [next(self._query_ids) for _ in request.inputs]
         if model_id is None:
@@ -270,7 +282,7 @@ class Predictor:
         return future
 
     def _refuse_unparsed(
-        self, app_name: str, body: bytes, deadline: float, default: Any
+        self, app_name: str, body: bytes, binary: BinaryInput | None, deadline: float, default: Any
     ) -> tuple[tuple[tuple[str, str], Prediction] | None, ModelQueue | None]:
         """The default for a single-input request that the model's queue would refuse or that
         expired unread, decided before the body is parsed; else no default, and the queue of
@@ -291,7 +303,8 @@ class Predictor:
         expired = deadline <= time.monotonic()
         if not expired and queue.admits(deadline):
             return None, queue
-        if not _plain_single_input(body):
+        single = binary.version is None if binary is not None else _plain_single_input(body)
+        if not single:
             return None, None
         if expired:
             explanation = SLO_EXPLANATION

@@ -15,7 +15,7 @@ from aiohttp import web
 from management.store import ClusterState, Store
 from query_frontend.arrival import ArrivalClock
 from query_frontend.cache import PredictionCache
-from query_frontend.codec import json_error
+from query_frontend.codec import BinaryInput, binary_input, json_error
 from query_frontend.errors import NOT_FOUND, QueryError, internal_error
 from query_frontend.loop_lag import LoopLag
 from query_frontend.metrics import MetricsRegistry
@@ -64,18 +64,21 @@ async def predict(request: web.Request) -> web.Response:
     """A predict request that reached aiohttp: one on a connection that PredictSite handed
     over, or any with predict_protocol "aiohttp"."""
     transport = cast(asyncio.Transport, request.transport)
+    binary = binary_input(request.headers.get("Content-Type", ""), request.query_string)
     body = await request.app[PREDICT_CALL_KEY](
-        request.match_info["app"], await request.read(), transport
+        request.match_info["app"], await request.read(), transport, binary
     )
     return web.Response(body=body, content_type="application/json")
 
 
 def _predict_call(predictor: Predictor, arrival: ArrivalClock, loop_lag: LoopLag) -> PredictCall:
-    async def call(app_name: str, body: bytes, transport: asyncio.Transport) -> bytes:
+    async def call(
+        app_name: str, body: bytes, transport: asyncio.Transport, binary: BinaryInput | None
+    ) -> bytes:
         # The query's SLO counts from when the request reached this host, not from now: it
         # may have waited in its socket while the loop was busy or the process was off the CPU.
         unread = partial(arrival.wait_seconds, transport, loop_lag.seconds)
-        is_batch, predictions = await predictor.predict(app_name, body, unread)
+        is_batch, predictions = await predictor.predict(app_name, body, unread, binary)
         if is_batch and len(predictions) != 1:
             return orjson.dumps({"batch_predictions": [p.to_json() for p in predictions]})
         return orjson.dumps(predictions[0].to_json())

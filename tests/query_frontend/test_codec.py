@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from management.input_types import InputType
-from query_frontend.codec import encode_input, parse_predict_request
+from query_frontend.codec import (
+    BinaryInput,
+    binary_input,
+    encode_input,
+    parse_binary_request,
+    parse_predict_request,
+)
 from query_frontend.errors import QueryError
 
 NUMERIC = [InputType.INTEGERS, InputType.FLOATS, InputType.DOUBLES]
@@ -175,3 +181,36 @@ def test_an_input_batch_longer_than_simdjson_counts_is_refused_as_at_least_that(
     with pytest.raises(QueryError) as raised:
         parse_predict_request(body, InputType.DOUBLES, MAX_BATCH)
     assert raised.value.cause.startswith(f"input_batch holds at least {2**24 - 1} inputs")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "query", "binary"),
+    [
+        ("application/octet-stream", "", BinaryInput(None)),
+        (" Application/Octet-Stream ; x=1", "version=2", BinaryInput("2")),
+        ("application/octet-stream", "a=1&version=v1&version=v2", BinaryInput("v2")),
+        ("application/octet-stream", "version=", BinaryInput("")),
+        ("application/octet-stream", "version=%C3%A9", BinaryInput("é")),
+        ("application/json", "version=2", None),
+        ("", "", None),
+        ("application/octet-streamy", "", None),
+    ],
+)
+def test_a_binary_body_is_told_by_its_content_type(
+    content_type: str, query: str, binary: BinaryInput | None
+) -> None:
+    assert binary_input(content_type, query) == binary
+
+
+@pytest.mark.parametrize(
+    ("input_type", "dtype"),
+    [(InputType.DOUBLES, "<f8"), (InputType.FLOATS, "<f4"), (InputType.INTEGERS, "<i4")],
+)
+def test_a_binary_body_is_the_same_input_as_its_json(input_type: InputType, dtype: str) -> None:
+    # Short and long arrays: the JSON parsers differ by length.
+    for values in ([7, -2, 3], list(range(-500, 500))):
+        body = np.array(values, dtype).tobytes()
+        binary = parse_binary_request(body, input_type, BinaryInput("3"))
+        as_json = parse_predict_request(json.dumps({"input": values}).encode(), input_type, 10)
+        assert binary.inputs == as_json.inputs
+        assert (binary.version, binary.is_batch) == ("3", False)

@@ -7,6 +7,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import orjson
 import pytest
@@ -17,6 +18,7 @@ from redis.backoff import NoBackoff
 
 from clipper_admin.container_manager import find_unbound_port
 from management.store import Store
+from query_frontend.codec import BinaryInput, binary_input
 from query_frontend.errors import NOT_FOUND, QueryError
 from query_frontend.predict_site import PredictSite
 from query_frontend.routing import ClusterWatcher
@@ -32,7 +34,9 @@ class Model:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     calls: list[str] = field(default_factory=list)
 
-    async def __call__(self, app: str, body: bytes, transport: asyncio.Transport) -> bytes:
+    async def __call__(
+        self, app: str, body: bytes, transport: asyncio.Transport, binary: BinaryInput | None
+    ) -> bytes:
         self.calls.append(app)
         if app == "slow":
             await self.gate.wait()
@@ -40,7 +44,10 @@ class Model:
             raise QueryError(NOT_FOUND, "No application named 'missing' exists", status=404)
         if app == "broken":
             raise RuntimeError("a bug")
-        return orjson.dumps({"app": app, "body": body.decode()})
+        answer: dict[str, str | None] = {"app": app, "body": body.decode()}
+        if binary is not None:
+            answer["binary_version"] = binary.version
+        return orjson.dumps(answer)
 
 
 @dataclass
@@ -62,7 +69,9 @@ async def _start(keepalive_timeout_s: float = 75.0) -> Served:
     model = Model()
 
     async def predict(request: web.Request) -> web.Response:
-        body = await model(request.match_info["app"], await request.read(), request.transport)  # type: ignore[arg-type]
+        binary = binary_input(request.headers.get("Content-Type", ""), request.query_string)
+        transport = cast(asyncio.Transport, request.transport)
+        body = await model(request.match_info["app"], await request.read(), transport, binary)
         return web.Response(body=body, content_type="application/json")
 
     app = web.Application()
@@ -206,6 +215,32 @@ async def test_a_post_to_predict_without_an_app_is_aiohttps_404(served: Served, 
     # The connection goes on.
     writer.write(_post("/a/predict", b"2"))
     assert (await _read_response(reader)).json() == {"app": "a", "body": "2"}
+    writer.close()
+
+
+async def test_a_binary_body_is_passed_on_with_the_version_in_its_query(served: Served) -> None:
+    octets = "Content-Type: application/octet-stream"
+    reader, writer = await _connect(served)
+    writer.write(
+        _post("/a/predict?version=2", b"\x01\x02", octets)
+        + _post("/a/predict", b"x", "Content-Type: Application/Octet-Stream; charset=binary")
+        + _post("/a/predict?version=2", b'{"input": [1]}', "Content-Type: application/json")
+    )
+    answers = [(await _read_response(reader)).json() for _ in range(3)]
+    assert answers == [
+        {"app": "a", "body": "\x01\x02", "binary_version": "2"},
+        {"app": "a", "body": "x", "binary_version": None},
+        {"app": "a", "body": '{"input": [1]}'},
+    ]
+    # The same on a connection that aiohttp serves.
+    writer.write(b"GET /hello HTTP/1.1\r\nHost: test\r\n\r\n")
+    assert (await _read_response(reader)).body == b"hello"
+    writer.write(_post("/a/predict?version=&x=1", b"y", octets))
+    assert (await _read_response(reader)).json() == {
+        "app": "a",
+        "body": "y",
+        "binary_version": "",
+    }
     writer.close()
 
 

@@ -113,6 +113,81 @@ def test_bytes_arrive_decoded_from_base64(conn: ClipperConnection) -> None:
     assert response["output"] == {"len": 4, "first": 200 - 256, "dtype": "int8"}
 
 
+def _post_binary(conn: ClipperConnection, path: str, data: bytes) -> requests.Response:
+    return requests.post(
+        f"http://{conn.get_query_addr()}/{path}",
+        data=data,
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("app", "wire_dtype", "dtype"),
+    [
+        ("doubles-app", "<f8", "float64"),
+        ("floats-app", "<f4", "float32"),
+        ("ints-app", "<i4", "int32"),
+    ],
+)
+def test_a_binary_body_of_little_endian_numbers_is_one_input(
+    conn: ClipperConnection, app: str, wire_dtype: str, dtype: str
+) -> None:
+    response = _post_binary(conn, f"{app}/predict", np.array([7, -2], wire_dtype).tobytes())
+    assert response.status_code == 200, response.text
+    assert response.json()["output"] == {"dtype": dtype, "value": [7, -2]}
+    assert response.json()["default"] is False
+
+
+def test_a_binary_body_of_text_or_bytes_is_one_input_as_it_is(conn: ClipperConnection) -> None:
+    assert _post_binary(conn, "strings-app/predict", "héllo".encode()).json()["output"] == "HÉLLO"
+    response = _post_binary(conn, "bytes-app/predict", bytes([200, 1, 2]))
+    assert response.json()["output"] == {"len": 3, "first": 200 - 256, "dtype": "int8"}
+
+
+def test_a_binary_body_is_the_same_query_as_its_json(conn: ClipperConnection) -> None:
+    # The same input either way, so the second is answered from the cache.
+    first = predict(conn, "random-app", {"input": [4.0, 7.0]})["output"]
+    binary = _post_binary(conn, "random-app/predict", np.array([4.0, 7.0]).tobytes())
+    assert binary.json()["output"] == first
+
+
+def test_a_binary_body_names_its_version_in_the_url(conn: ClipperConnection) -> None:
+    data = np.array([3.0]).tobytes()
+    response = _post_binary(conn, "doubles-app/predict?version=1", data)
+    assert response.json()["output"] == {"dtype": "float64", "value": [3.0]}
+    response = _post_binary(conn, "doubles-app/predict?version=9", data)
+    _assert_json_error(
+        response,
+        400,
+        "Query processing error",
+        "Requested version: 9 does not exist for model: doubles-app",
+    )
+
+
+@pytest.mark.parametrize(
+    ("app", "data", "cause"),
+    [
+        (
+            "doubles-app",
+            b"\x00" * 13,
+            "An application/octet-stream body for a doubles app holds little-endian 64-bit "
+            "floats, 8 bytes each: 13 bytes are not a whole number of them",
+        ),
+        ("ints-app", b"\x00" * 6, "holds little-endian 32-bit integers, 4 bytes each: 6 bytes"),
+        (
+            "strings-app",
+            b"caf\xe9",
+            "An application/octet-stream body for a strings app is UTF-8 text, and this is not",
+        ),
+    ],
+)
+def test_a_binary_body_that_is_not_its_input_type_is_a_400(
+    conn: ClipperConnection, app: str, data: bytes, cause: str
+) -> None:
+    _assert_json_error(_post_binary(conn, f"{app}/predict", data), 400, "Bad request", cause)
+
+
 def _array_with_bool(filler: float) -> str:
     return json.dumps({"input": [filler] * 500 + [1, False, 3]})
 
