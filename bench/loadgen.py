@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+JSON = "application/json"
+
 # Turns a response body into (answered, was_default).
 Classifier = Callable[[bytes], tuple[bool, bool]]
 
@@ -176,13 +178,13 @@ def _parse_response(buffer: bytearray) -> tuple[int, bytes] | None:
 class Target:
     """Where requests go, with every body prepared once as a whole HTTP request."""
 
-    def __init__(self, url: str, bodies: list[bytes]) -> None:
+    def __init__(self, url: str, bodies: list[bytes], content_type: str = JSON) -> None:
         parsed = urlsplit(url)
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 80
         head = (
             f"POST {parsed.path or '/'} HTTP/1.1\r\nHost: {parsed.netloc}\r\n"
-            "Content-Type: application/json\r\n"
+            f"Content-Type: {content_type}\r\n"
         ).encode()
         self.requests = [head + b"Content-Length: %d\r\n\r\n" % len(body) + body for body in bodies]
 
@@ -237,9 +239,10 @@ async def closed_loop(
     classify: Classifier = clipper_classifier,
     warmup_s: float = 1.0,
     timeout_s: float = 30.0,
+    content_type: str = JSON,
 ) -> RunResult:
     """`concurrency` clients, each sending its next request when the last one is answered."""
-    target = Target(url, bodies)
+    target = Target(url, bodies, content_type)
     connections: list[list[_Connection | None]] = [[None] for _ in range(concurrency)]
     try:
         warm = RunResult()
@@ -289,6 +292,7 @@ async def open_loop(
     timeout_s: float = 30.0,
     connections: int = 256,
     warmup_s: float = 1.0,
+    content_type: str = JSON,
 ) -> RunResult:
     """Requests at Poisson arrivals of the given rate, whatever the server's speed.
 
@@ -301,7 +305,7 @@ async def open_loop(
     warmup_s of arrivals (which also open the connections) are sent but not counted.
     """
     rng = random.Random(seed)
-    target = Target(url, bodies)
+    target = Target(url, bodies, content_type)
     warm, result = RunResult(), RunResult()
     arrivals: collections.deque[tuple[int, float]] = collections.deque()
     begin = time.monotonic()

@@ -34,13 +34,21 @@ import psutil
 import requests
 
 from bench import workloads
-from bench.loadgen import RunResult, clipper_classifier, closed_loop, open_loop, plain_classifier
+from bench.loadgen import (
+    JSON,
+    RunResult,
+    clipper_classifier,
+    closed_loop,
+    open_loop,
+    plain_classifier,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VENVS = Path(os.environ.get("BENCH_VENVS", "/opt/bench-venvs"))
 CONCURRENCY = {"noop": [1, 8, 32, 64], "mlp": [1, 8, 32, 64], "efficientnet": [1, 4, 16]}
 LOAD_FRACTIONS = [0.5, 0.8, 1.0, 1.2]
 LIMIT_WARM_UP_CALLS = 3
+OCTET_STREAM = "application/octet-stream"
 SLO_MICROS = {"noop": 1_000_000, "mlp": 50_000, "efficientnet": 500_000}
 
 
@@ -62,6 +70,7 @@ class Server:
     # num_predictions for its answers, overloaded, expired), and "received": the app's queries.
     counters: Callable[[], dict[str, float]] | None = None
     notes: str = ""
+    content_type: str = JSON
 
 
 # Our defaults by cause, from the frontend's counters, and what the table calls each. "other"
@@ -164,7 +173,9 @@ def _deploy_ours(conn: Any, workload: str, replica_threads: int | None) -> list[
     return workloads.encode(workloads.jpeg_bodies())
 
 
-def start_ours(workload: str, replica_threads: int | None = None) -> Server:
+def start_ours(workload: str, replica_threads: int | None = None, binary: bool = False) -> Server:
+    """Our cluster; with binary, its requests are application/octet-stream bodies (the same
+    inputs as the JSON ones), as "ours-binary"."""
     from clipper_admin import ClipperConnection, LocalContainerManager
 
     cluster_dir = tempfile.mkdtemp(prefix="bench-")
@@ -177,6 +188,8 @@ def start_ours(workload: str, replica_threads: int | None = None) -> Server:
     conn.start_clipper(cache_size=0)
     try:
         bodies = _deploy_ours(conn, workload, replica_threads)
+        if binary:
+            bodies = workloads.encode_binary(workload, [json.loads(b) for b in bodies])
     except BaseException:
         conn.stop_all(graceful=False)
         shutil.rmtree(cluster_dir, ignore_errors=True)
@@ -207,6 +220,11 @@ def start_ours(workload: str, replica_threads: int | None = None) -> Server:
         conn.stop_all(graceful=False)
         shutil.rmtree(cluster_dir, ignore_errors=True)
 
+    if binary:
+        return Server(
+            "ours-binary", f"http://{query}/{app}/predict", bodies, clipper_classifier, stop,
+            pids, counters, f"as ours, with {OCTET_STREAM} bodies", OCTET_STREAM,
+        )  # fmt: skip
     return Server(
         "ours", f"http://{query}/{app}/predict", bodies, clipper_classifier, stop, pids,
         counters, f"adaptive batching, SLO {slo / 1000:.0f} ms, no cache",
@@ -431,12 +449,18 @@ def _run(server: Server, kind: str, value: float, duration_s: float) -> Measured
     started = time.monotonic()
     if kind == "closed":
         result = asyncio.run(
-            closed_loop(server.url, server.bodies, int(value), duration_s, server.classify)
-        )
+            closed_loop(
+                server.url, server.bodies, int(value), duration_s, server.classify,
+                content_type=server.content_type,
+            )
+        )  # fmt: skip
     else:
         result = asyncio.run(
-            open_loop(server.url, server.bodies, value, duration_s, server.classify)
-        )
+            open_loop(
+                server.url, server.bodies, value, duration_s, server.classify,
+                content_type=server.content_type,
+            )
+        )  # fmt: skip
     cpu = (_cpu_seconds(server.pids()) - before) / (time.monotonic() - started)
     if server.counters is None or counted_before is None:
         return Measured(result, cpu)
@@ -679,6 +703,11 @@ def print_table(
                     f"for any HTTP server on these cores; ours/that = "
                     f"{ours.extra['goodput'] / bound:.2f}"
                 )
+            if "ours-binary" in best:
+                print(
+                    f"  {workload}: ours-binary ({OCTET_STREAM} bodies, not JSON)/limit = "
+                    f"{best['ours-binary'].extra['goodput'] / limit['throughput']:.2f}"
+                )
             alone = (
                 limit_at_batch(limit.get("by_batch", {}), ours.batch)
                 if ours.batch is not None
@@ -715,8 +744,9 @@ def print_table(
 
 
 STARTERS: dict[str, Callable[[str], Server]] = {
-    "ours": start_ours, "echo": start_echo, "fastapi-naive": start_naive,
-    "mlserver": start_mlserver, "bentoml": start_bentoml,
+    "ours": start_ours, "ours-binary": functools.partial(start_ours, binary=True),
+    "echo": start_echo, "fastapi-naive": start_naive, "mlserver": start_mlserver,
+    "bentoml": start_bentoml,
 }  # fmt: skip
 
 
@@ -760,7 +790,7 @@ def main() -> None:
         workloads.export_mlp_onnx(onnx_path)
         os.environ[workloads.MLP_ONNX_ENV] = str(onnx_path)  # the peers inherit it
     server_cpus = {int(c) for c in args.server_cpus.split(",")}
-    peers = set(args.servers.split(",")) - {"ours", "echo"}
+    peers = set(args.servers.split(",")) - {"ours", "ours-binary", "echo"}
     if len(server_cpus) > 1 and peers:
         print(
             f"note: the peers ({', '.join(sorted(peers))}) run with their one-core settings "
@@ -773,6 +803,9 @@ def main() -> None:
         print(f"our compiled modules: {', '.join(compiled_modules()) or 'none'}", flush=True)
     starters = dict(STARTERS)
     starters["ours"] = functools.partial(start_ours, replica_threads=args.replica_threads)
+    starters["ours-binary"] = functools.partial(
+        start_ours, replica_threads=args.replica_threads, binary=True
+    )
     rows: list[Row] = []
     paired: list[str] = []
     limits: dict[str, dict[str, Any]] = {}

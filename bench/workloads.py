@@ -110,3 +110,15 @@ def jpeg_bodies() -> list[dict[str, Any]]:
 
 def encode(bodies: list[dict[str, Any]]) -> list[bytes]:
     return [json.dumps(b).encode() for b in bodies]
+
+
+# The input type of each workload's app: how a binary body holds its input.
+_BINARY_DTYPES = {"noop": "<f8", "mlp": "<f4"}
+
+
+def encode_binary(workload: str, bodies: list[dict[str, Any]]) -> list[bytes]:
+    """The same inputs as application/octet-stream bodies: little-endian numbers (doubles for
+    the no-op, floats for the MLP), or the JPEG itself."""
+    if workload in _BINARY_DTYPES:
+        return [np.asarray(b["input"], _BINARY_DTYPES[workload]).tobytes() for b in bodies]
+    return [base64.b64decode(b["input"]) for b in bodies]
