@@ -95,6 +95,11 @@ def main() -> None:
                 print(f"  default {answer['output']!r}: {answer['default_explanation']}")
             else:
                 print(f"  {answer['output']['label']}")
+        # The same photo again, as its own bytes rather than base64 in JSON.
+        name, data = next(iter(images.items()))
+        octets = {"Content-Type": "application/octet-stream"}
+        raw = session.post(url, data=data, headers=octets).json()
+        print(f"\n{name} POSTed as it is (application/octet-stream): {raw['output']['label']}")
     finally:
         conn.stop_all()
 
