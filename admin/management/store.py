@@ -153,7 +153,8 @@ class Store:
         try:
             yield pubsub
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            # redis-py types aclose() from 8.2 on; older releases (still allowed) do not.
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     # Applications
 
