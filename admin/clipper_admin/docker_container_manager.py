@@ -69,7 +69,7 @@ def _source_root() -> Path | None:
 def _source_hash(root: Path) -> str:
     """A digest of everything the project's images are built from."""
     digest = hashlib.sha256()
-    files = [root / "pyproject.toml", root / "setup.py"]
+    files = [root / "pyproject.toml", root / "constraints.txt", root / "setup.py"]
     for package in _SOURCE_PACKAGES:
         files.extend(
             p for p in (root / package).rglob("*")
