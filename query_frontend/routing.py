@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
@@ -24,6 +25,12 @@ logger = logging.getLogger(__name__)
 
 # How long a query whose app or version is not known here waits for a check of Redis.
 ENSURE_FRESH_TIMEOUT_S = 1.0
+# The management service waits for every live frontend to route by a change before the call
+# that made it returns: this frontend's record of what it routes by is written at each read of
+# the state and every HEARTBEAT_S between them, and lasts APPLIED_TTL_S, so a frontend killed
+# is waited for no longer than that.
+HEARTBEAT_S = 1.0
+APPLIED_TTL_S = 3.0
 
 ModelId = tuple[str, str]
 
@@ -154,6 +161,8 @@ class ClusterWatcher:
 
     Redis pub/sub delivers the management service's and the replicas' change events, and the
     expiry of heartbeat keys; a periodic re-read covers anything missed while disconnected.
+    After each read, and every HEARTBEAT_S, it records in Redis which state it routes by, under
+    frontend_id, for the management service to wait on.
     """
 
     def __init__(
@@ -161,10 +170,12 @@ class ClusterWatcher:
         store: Store,
         apply: Callable[[ClusterState], None],
         resync_interval_s: float,
+        frontend_id: str,
     ) -> None:
         self._store = store
         self._apply = apply
         self._resync_interval_s = resync_interval_s
+        self._frontend_id = frontend_id
         self.synced = asyncio.Event()
         self._generation = -1
         self._refresh_lock = asyncio.Lock()
@@ -176,7 +187,11 @@ class ClusterWatcher:
             state = await self._store.read_cluster_state()
             self._generation = state.generation
             self._apply(state)
+            await self._report_applied()
         self.synced.set()
+
+    async def _report_applied(self) -> None:
+        await self._store.report_applied(self._frontend_id, self._generation, APPLIED_TTL_S)
 
     async def ensure_fresh(self) -> None:
         """Re-reads the state if Redis has changed since it was last read.
@@ -203,6 +218,12 @@ class ClusterWatcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])
+        try:
+            # Stopped, it is not waited for; killed, its record runs out by itself.
+            async with asyncio.timeout(ENSURE_FRESH_TIMEOUT_S):
+                await self._store.forget_frontend(self._frontend_id)
+        except (aioredis.RedisError, OSError, TimeoutError) as e:
+            logger.warning("could not remove this frontend's record: %s", str(e) or "timed out")
 
     async def _run(self) -> None:
         backoff_s = 0.1
@@ -211,16 +232,22 @@ class ClusterWatcher:
                 async with self._store.subscribe_changes() as pubsub:
                     await self.refresh()
                     backoff_s = 0.1
+                    resync_at = time.monotonic() + self._resync_interval_s
                     while not self._stopping:
                         message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=self._resync_interval_s
+                            ignore_subscribe_messages=True,
+                            timeout=min(HEARTBEAT_S, max(resync_at - time.monotonic(), 0.0)),
                         )
+                        if message is None and time.monotonic() < resync_at:
+                            await self._report_applied()
+                            continue
                         # Drain a burst of events so that it costs one read.
                         while message is not None:
                             message = await pubsub.get_message(
                                 ignore_subscribe_messages=True, timeout=0
                             )
                         await self.refresh()
+                        resync_at = time.monotonic() + self._resync_interval_s
             except (aioredis.RedisError, OSError) as e:
                 logger.warning("lost Redis (%s); reconnecting in %.1fs", e, backoff_s)
             except Exception:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import cast
@@ -154,7 +157,10 @@ def create_app(settings: FrontendSettings, peer_ports: list[int] | None = None) 
         router.apply(state)
         predictor.forget_removed(state.apps.keys(), state.models.keys())
 
-    watcher = ClusterWatcher(Store(redis), apply, settings.resync_interval_s)
+    # Unique even for frontends sharing a host's name and pid numbers (containers on the host's
+    # network); the host and pid make it one a person can find.
+    frontend_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    watcher = ClusterWatcher(Store(redis), apply, settings.resync_interval_s, frontend_id)
     loop_lag = LoopLag()
     predictor = Predictor(router, cache, registry, watcher.ensure_fresh, settings.max_batch_inputs)
     app[PREDICTOR_KEY] = predictor

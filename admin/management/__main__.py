@@ -25,7 +25,9 @@ async def serve(settings: ManagementSettings) -> None:
     redis = aioredis.Redis(
         host=settings.redis_host, port=settings.redis_port, decode_responses=True
     )
-    runner = web.AppRunner(create_app(Store(redis)), access_log=None)
+    runner = web.AppRunner(
+        create_app(Store(redis), settings.frontend_sync_timeout_s), access_log=None
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     try:

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from management.errors import AdminError
-from management.service import AdminService
+from management.service import DEFAULT_FRONTEND_SYNC_TIMEOUT_S, AdminService
 from management.store import UNREACHABLE_ERRORS, Store
 
 logger = logging.getLogger(__name__)
@@ -169,10 +169,12 @@ async def prometheus_targets(request: web.Request) -> web.Response:
     return web.json_response(targets)
 
 
-def create_app(store: Store) -> web.Application:
+def create_app(
+    store: Store, frontend_sync_timeout_s: float = DEFAULT_FRONTEND_SYNC_TIMEOUT_S
+) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[STORE_KEY] = store
-    app[SERVICE_KEY] = AdminService(store)
+    app[SERVICE_KEY] = AdminService(store, frontend_sync_timeout_s)
     routes = {
         "add_app": lambda s, b: s.add_app(
             b["name"], b["input_type"], b["default_output"], b["latency_slo_micros"]

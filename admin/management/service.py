@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from management.errors import AdminError
@@ -14,14 +15,41 @@ _FORBIDDEN_NAME_CHARS = (",", ":")
 # An app's name is a segment of its predict URL: the frontend reads request heads of up to 64 KiB,
 # and a character may take 12 bytes there, percent-encoded.
 MAX_APP_NAME_CHARS = 1024
+# How long a change that reroutes queries waits for the query frontends to route by it.
+DEFAULT_FRONTEND_SYNC_TIMEOUT_S = 2.0
+
+logger = logging.getLogger(__name__)
 
 
 class AdminService:
-    """Mutations run under one lock, so the checks and writes of a request are not interleaved."""
+    """Mutations run under one lock, so the checks and writes of a request are not interleaved.
 
-    def __init__(self, store: Store) -> None:
+    A change that reroutes queries that already have a route (a version switch, a removal)
+    returns only once every live query frontend routes by it, at most frontend_sync_timeout_s:
+    a frontend learns of changes from a Redis event, a few milliseconds later, and until then
+    the next query went to the old version. New apps and links need no wait: a query that finds
+    no route makes its frontend check for changes first.
+    """
+
+    def __init__(
+        self, store: Store, frontend_sync_timeout_s: float = DEFAULT_FRONTEND_SYNC_TIMEOUT_S
+    ) -> None:
         self._store = store
         self._lock = asyncio.Lock()
+        self._frontend_sync_timeout_s = frontend_sync_timeout_s
+
+    async def _until_routed(self) -> None:
+        """Waits until every live query frontend routes by the state as it is now."""
+        generation = await self._store.generation()
+        behind = await self._store.await_frontends(generation, self._frontend_sync_timeout_s)
+        if behind:
+            logger.warning(
+                "query frontends %s did not apply change %d within %.1f s; they route by it once "
+                "they read it",
+                ", ".join(behind),
+                generation,
+                self._frontend_sync_timeout_s,
+            )
 
     # Applications
 
@@ -54,6 +82,7 @@ class AdminService:
         async with self._lock:
             if not await self._store.delete_app(name):
                 raise AdminError(f"Application '{name}' does not exist")
+        await self._until_routed()
         return f"Successfully deleted application with name '{name}'"
 
     async def add_model_links(self, app_name: str, model_names: list[str]) -> str:
@@ -105,6 +134,7 @@ class AdminService:
                     )
             for model in model_names:
                 await self._store.remove_link(app_name, model)
+        await self._until_routed()
         return "Success!"
 
     # Models
@@ -140,33 +170,30 @@ class AdminService:
         )
         async with self._lock:
             existing = await self._store.get_model(model_name, model_version)
-            if existing == record:
-                # A script run again deploys its versions again; adding a version makes it
-                # current, so the same version added again does too.
-                await self._check_linked_input_type(model_name, kind.canonical_name)
-                current = await self._store.get_current_version(model_name)
-                if make_current or current is None:
-                    await self._store.set_current_version(model_name, model_version)
-                    current = model_version
-                which = (
-                    "it is the current version"
-                    if current == model_version
-                    else f"the current version is still '{current}'"
-                )
-                return (
-                    f"Model with name '{model_name}' and version '{model_version}' already "
-                    f"exists with these settings; {which}"
-                )
-            if existing is not None:
+            if existing is not None and existing != record:
                 raise AdminError(
                     f"model with name '{model_name}' and version '{model_version}' already exists"
                     " with other settings: deploy it as a new version"
                 )
             await self._check_linked_input_type(model_name, kind.canonical_name)
-            await self._store.add_model(record, make_current)
+            if existing is None:
+                await self._store.add_model(record, make_current)
+            elif make_current or await self._store.get_current_version(model_name) is None:
+                # A script run again deploys its versions again; adding a version makes it
+                # current, so the same version added again does too.
+                await self._store.set_current_version(model_name, model_version)
             # Staged, the version is current only if the model had none.
-            current = (
-                model_version if make_current else await self._store.get_current_version(model_name)
+            current = await self._store.get_current_version(model_name)
+        await self._until_routed()
+        if existing is not None:
+            which = (
+                "it is the current version"
+                if current == model_version
+                else f"the current version is still '{current}'"
+            )
+            return (
+                f"Model with name '{model_name}' and version '{model_version}' already "
+                f"exists with these settings; {which}"
             )
         staged = "" if current == model_version else f"; the current version is still '{current}'"
         return (
@@ -186,6 +213,7 @@ class AdminService:
                 )
             await self._check_linked_input_type(model_name, record.input_type)
             await self._store.set_current_version(model_name, model_version)
+        await self._until_routed()
         return f"Successfully set model with name '{model_name}' to version '{model_version}'"
 
     async def delete_versioned_model(self, model_name: str, model_version: str) -> str:
@@ -194,6 +222,7 @@ class AdminService:
                 raise AdminError(
                     f"model with name '{model_name}' and version '{model_version}' does not exist"
                 )
+        await self._until_routed()
         return f"Successfully deleted model with name '{model_name}' and version '{model_version}'"
 
     async def _check_linked_input_type(self, model_name: str, input_type: str) -> None:

@@ -2,7 +2,8 @@
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from management.setting_types import ListenPort, LogLevel, Port
+from management.service import DEFAULT_FRONTEND_SYNC_TIMEOUT_S
+from management.setting_types import ListenPort, LogLevel, Port, Seconds
 
 
 class ManagementSettings(BaseSettings):
@@ -15,3 +16,6 @@ class ManagementSettings(BaseSettings):
     # A pipe the parent passed: "ready <port>" is written to it once the server listens.
     ready_fd: int | None = None
     log_level: LogLevel = "INFO"
+    # A change that reroutes queries (a version switch, a removal) returns once every live
+    # query frontend routes by it, or after this long; 0 returns at once.
+    frontend_sync_timeout_s: Seconds = DEFAULT_FRONTEND_SYNC_TIMEOUT_S

@@ -496,7 +496,9 @@ async def test_other_routes_are_answered_while_the_cluster_watcher_has_lost_redi
     # left the Redis error as the thread's current exception: connections handed to aiohttp
     # meanwhile were dropped unanswered (27 of 623 /healthz requests with Redis killed).
     redis = aioredis.Redis(port=find_unbound_port(), retry=Retry(NoBackoff(), 0))
-    watcher = ClusterWatcher(Store(redis), lambda state: None, resync_interval_s=1.0)
+    watcher = ClusterWatcher(
+        Store(redis), lambda state: None, resync_interval_s=1.0, frontend_id="test"
+    )
     watcher.start()
     try:
         for _ in range(40):

@@ -17,7 +17,9 @@ from query_frontend.routing import ClusterWatcher
 async def test_a_check_for_a_newer_state_gives_up_after_a_second_without_redis() -> None:
     # The client's default retries: about 4 s before a refused connection is an error.
     redis = aioredis.Redis(port=find_unbound_port())
-    watcher = ClusterWatcher(Store(redis), lambda state: None, resync_interval_s=1.0)
+    watcher = ClusterWatcher(
+        Store(redis), lambda state: None, resync_interval_s=1.0, frontend_id="test"
+    )
     try:
         started = time.monotonic()
         await watcher.ensure_fresh()
@@ -39,7 +41,7 @@ async def test_a_state_that_cannot_be_applied_does_not_stop_the_watcher(
         if len(applied) == 1:
             raise ValueError("a record this frontend cannot read")
 
-    watcher = ClusterWatcher(Store(redis), apply, resync_interval_s=60.0)
+    watcher = ClusterWatcher(Store(redis), apply, resync_interval_s=60.0, frontend_id="test")
     watcher.start()
     try:
         # After its backoff it reads the state again, rather than routing by a frozen one.
@@ -56,20 +58,26 @@ async def test_a_state_that_cannot_be_applied_does_not_stop_the_watcher(
 async def test_the_watcher_stops_whatever_it_was_reading(
     redis_server: tuple[str, int], after_applies: int
 ) -> None:
-    # Stopped while it reads the state, or right after: once the first state is read, its
-    # subscription's confirmations arrive and each is followed by a read of its own.
+    # Stopped while it reads the state, or right after: each state applied announces a change,
+    # which the watcher reads in turn.
     host, port = redis_server
     redis = aioredis.Redis(host=host, port=port)
+    store = Store(redis)
     applied = asyncio.Event()
     count = 0
+    announcing: set[asyncio.Task[int]] = set()
 
     def apply(state: ClusterState) -> None:
         nonlocal count
         count += 1
         if count == after_applies:
             applied.set()
+        else:
+            task = asyncio.get_running_loop().create_task(store.notify_changed("apps"))
+            announcing.add(task)
+            task.add_done_callback(announcing.discard)
 
-    watcher = ClusterWatcher(Store(redis), apply, resync_interval_s=60.0)
+    watcher = ClusterWatcher(store, apply, resync_interval_s=60.0, frontend_id="test")
     watcher.start()
     try:
         async with asyncio.timeout(5):
