@@ -183,8 +183,11 @@ class AdminService:
                 # current, so the same version added again does too.
                 await self._store.set_current_version(model_name, model_version)
             # Staged, the version is current only if the model had none.
-            current = await self._store.get_current_version(model_name)
-        await self._until_routed()
+            current = (
+                model_version if make_current else await self._store.get_current_version(model_name)
+            )
+        if current == model_version:  # a staged version reroutes no query: nothing to wait for
+            await self._until_routed()
         if existing is not None:
             which = (
                 "it is the current version"
